@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
+from ..errors import WavexportError
 from .base import RecurrentModel
 from .rnn import GRU, IRNN, LSTM
 from .wrnn import WaveRNN
@@ -35,7 +36,7 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(WavexportError, ValueError):
     pass
 
 

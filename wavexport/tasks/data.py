@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import WavexportError
 
-class DataError(RuntimeError):
+
+class DataError(WavexportError):
     """A data set is missing, cannot be downloaded, or is corrupt. The message says what to do."""
 
 

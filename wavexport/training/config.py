@@ -1,0 +1,116 @@
+"""Training configuration and the presets: ``paper`` (the authors' settings) and ``quick`` (minutes on a CPU).
+
+The paper's grid was lr {1e-3, 1e-4, 1e-5} x gradient-norm clip {0, 1, 10, 100, 1000}, with the winners unpublished.
+Defaults here: Adam, lr 1e-3 and clip 1 for the Wave-RNN and the gated RNNs; lr 1e-4 and clip 1 for the iRNN,
+which diverges at 1e-3 with identity recurrence on 784-step sequences.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..models import ARCHS
+
+MODEL_KEYS = ("channels", "ring", "kernel", "hidden", "readout")
+
+
+@dataclass
+class TrainConfig:
+    task: str
+    arch: str = "wrnn"
+    preset: str = "paper"
+    seq: int | None = None              # copy/adding: the paper's T; nscifar10: total length
+    channels: int | None = None
+    ring: int | None = None
+    kernel: int | None = None
+    hidden: int | None = None
+    readout: str | None = None
+    epochs: int | None = None           # image tasks: passes over the training split
+    steps: int | None = None            # cap on training iterations (the budget of the synthetic tasks)
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_milestones: list[int] = field(default_factory=list)  # epochs (image tasks) or steps (synthetic)
+    lr_gamma: float = 0.1
+    grad_clip: float = 1.0              # max gradient norm; 0 disables clipping
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    limit: int | None = None            # train on the first N examples of the (shuffled) training split
+    eval_limit: int | None = None       # evaluate on the first N validation/test examples (quick checks only)
+    eval_every: int = 100               # synthetic tasks: steps between held-out evaluations
+    eval_batch: int = 1000              # synthetic tasks: size of the fixed held-out batch
+    checkpoint_every: int = 200         # also checkpoint every N steps inside an epoch
+
+    def model_overrides(self) -> dict:
+        return {k: getattr(self, k) for k in MODEL_KEYS if getattr(self, k) is not None}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _family(arch: str) -> str:
+    return "wrnn" if arch.startswith("wrnn") else ("irnn" if arch.startswith("irnn") else "gated")
+
+
+# (task, family) -> paper settings. Sizes from the paper; epochs/iterations and schedule from the authors' code.
+PAPER = {
+    ("psmnist", "wrnn"): dict(channels=16, ring=256, batch_size=128, epochs=120, lr_milestones=[100]),
+    ("psmnist", "irnn"): dict(hidden=256, batch_size=128, epochs=250, lr_milestones=[100], lr=1e-4),
+    ("psmnist", "gated"): dict(hidden=128, batch_size=128, epochs=120, lr_milestones=[100]),
+    ("nscifar10", "wrnn"): dict(channels=16, ring=256, batch_size=256, epochs=120, lr_milestones=[100]),
+    ("nscifar10", "irnn"): dict(hidden=256, batch_size=256, epochs=250, lr_milestones=[100], lr=1e-4),
+    ("nscifar10", "gated"): dict(hidden=128, batch_size=256, epochs=120, lr_milestones=[100]),
+    ("adding", "wrnn"): dict(channels=27, ring=100, batch_size=128, steps=60000),
+    ("adding", "irnn"): dict(hidden=100, batch_size=128, steps=60000, lr=1e-4),
+    ("adding", "gated"): dict(hidden=100, batch_size=128, steps=60000),
+    ("copy", "wrnn"): dict(channels=6, ring=100, batch_size=128, steps=60000),
+    ("copy", "irnn"): dict(hidden=100, batch_size=128, steps=60000, lr=1e-4),
+    ("copy", "gated"): dict(hidden=100, batch_size=128, steps=60000),
+}
+for _fam in ("wrnn", "irnn", "gated"):
+    PAPER[("smnist", _fam)] = PAPER[("psmnist", _fam)]
+
+# CPU-sized runs that finish in minutes on 2 cores and still learn visibly.
+QUICK = {
+    ("psmnist", "wrnn"): dict(channels=8, ring=64, batch_size=64, epochs=1, steps=600, checkpoint_every=100),
+    ("psmnist", "irnn"): dict(hidden=64, batch_size=64, epochs=1, steps=600, lr=1e-4, checkpoint_every=100),
+    ("psmnist", "gated"): dict(hidden=32, batch_size=64, epochs=1, steps=600, checkpoint_every=100),
+    ("nscifar10", "wrnn"): dict(seq=200, channels=8, ring=64, batch_size=64, epochs=1, steps=300),
+    ("nscifar10", "irnn"): dict(seq=200, hidden=64, batch_size=64, epochs=1, steps=300, lr=1e-4),
+    ("nscifar10", "gated"): dict(seq=200, hidden=32, batch_size=64, epochs=1, steps=300),
+    ("adding", "wrnn"): dict(seq=50, channels=8, ring=50, batch_size=64, steps=400, eval_every=50, eval_batch=256),
+    ("adding", "irnn"): dict(seq=50, hidden=50, batch_size=64, steps=400, lr=1e-4, eval_every=50, eval_batch=256),
+    ("adding", "gated"): dict(seq=50, hidden=50, batch_size=64, steps=400, eval_every=50, eval_batch=256),
+    ("copy", "wrnn"): dict(seq=20, channels=6, ring=40, batch_size=64, steps=300, eval_every=50, eval_batch=256),
+    ("copy", "irnn"): dict(seq=20, hidden=40, batch_size=64, steps=300, lr=1e-4, eval_every=50, eval_batch=256),
+    ("copy", "gated"): dict(seq=20, hidden=40, batch_size=64, steps=300, eval_every=50, eval_batch=256),
+}
+for _fam in ("wrnn", "irnn", "gated"):
+    QUICK[("smnist", _fam)] = QUICK[("psmnist", _fam)]
+
+PRESETS = {"paper": PAPER, "quick": QUICK}
+
+
+def preset_values(task: str, arch: str, preset: str) -> dict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    key = (task, _family(arch))
+    if key not in PRESETS[preset]:
+        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(sorted({t for t, _ in PAPER}))}")
+    values = dict(PRESETS[preset][key])
+    if _family(arch) == "irnn":
+        values.setdefault("lr", 1e-4)
+    return values
+
+
+def make_config(task: str, arch: str = "wrnn", preset: str = "paper", **overrides) -> TrainConfig:
+    """The preset's values for (task, arch), then every override that is not None."""
+    values = preset_values(task, arch, preset)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(task=task, arch=arch, preset=preset, **values)
