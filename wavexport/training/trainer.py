@@ -111,7 +111,9 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, cfg.lr_milestones, cfg.lr_gamma)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.progress = {"step": 0, "epoch": 0, "batch": 0, "epoch_rng": None, "log_lines": 0}
+        # run_loss/seen: the running training loss, kept so a resumed run logs exactly what an uninterrupted one does
+        self.progress = {"step": 0, "epoch": 0, "batch": 0, "epoch_rng": None, "log_lines": 0,
+                         "run_loss": 0.0, "seen": 0}
         self.best: dict = {}
         self.solved_at: int | None = None
         self.last_eval: dict = {}
@@ -274,27 +276,27 @@ class Trainer:
                 self.gen.set_state(p["epoch_rng"])
                 order = torch.randperm(n, generator=self.gen)
                 self.gen.set_state(now)
-            run_loss = run_acc = 0.0
-            seen = 0
+            if p["batch"] == 0:
+                p["run_loss"], p["seen"] = 0.0, 0
             while p["batch"] < n_batches and p["step"] < total and not self._stop:
                 idx = order[p["batch"] * cfg.batch_size:(p["batch"] + 1) * cfg.batch_size].to(self.device)
                 xs = self.task.inputs(train.x[idx], self.gen)
                 loss = self._train_step(xs, train.y[idx])
                 p["batch"] += 1
-                seen += 1
-                run_loss += (loss - run_loss) / seen
+                p["seen"] += 1
+                p["run_loss"] += (loss - p["run_loss"]) / p["seen"]
                 self.bar.update(1)
-                self._postfix(run_loss, {"epoch": p["epoch"] + 1, **self._last_short()})
+                self._postfix(p["run_loss"], {"epoch": p["epoch"] + 1, **self._last_short()})
                 if p["step"] % cfg.checkpoint_every == 0:
                     self.save()
             if p["batch"] >= n_batches:
                 p["batch"] = 0
                 p["epoch"] += 1
                 self.sched.step()
-                self._evaluate_epoch(run_loss)
+                self._evaluate_epoch(p["run_loss"])
                 self.save()
             elif p["step"] >= total:  # budget ends inside an epoch: evaluate what we have
-                self._evaluate_epoch(run_loss)
+                self._evaluate_epoch(p["run_loss"])
 
     def _last_short(self) -> dict:
         return {k: v for k, v in self.last_eval.items() if k in ("val_acc",)}
@@ -317,17 +319,16 @@ class Trainer:
 
     def _run_synthetic(self, total: int) -> None:
         cfg, p = self.cfg, self.progress
-        run_loss, seen = 0.0, 0
         while p["step"] < total and not self._stop:
             xs, y = self.task.sample(cfg.batch_size, self.gen)
             loss = self._train_step(xs.to(self.device), y.to(self.device))
             self.sched.step()
-            seen += 1
-            run_loss += (loss - run_loss) / min(seen, 50)  # running mean over about the last 50 steps
+            p["seen"] += 1
+            p["run_loss"] += (loss - p["run_loss"]) / min(p["seen"], 50)  # running mean over ~the last 50 steps
             self.bar.update(1)
-            self._postfix(run_loss, {k: v for k, v in self.last_eval.items() if k in ("val_loss", "val_acc")})
+            self._postfix(p["run_loss"], {k: v for k, v in self.last_eval.items() if k in ("val_loss", "val_acc")})
             if p["step"] % cfg.eval_every == 0 or p["step"] == total:
-                self._evaluate_synthetic(run_loss)
+                self._evaluate_synthetic(p["run_loss"])
                 self.save()
             elif p["step"] % cfg.checkpoint_every == 0:
                 self.save()

@@ -1,0 +1,165 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from wavexport.cli import main
+from wavexport.training import Trainer, load_checkpoint, make_config
+
+TINY_COPY = ["copy", "--seq", "5", "--channels", "3", "--ring", "12", "--batch-size", "16", "--eval-batch", "64"]
+TINY_MNIST = ["--channels", "2", "--ring", "8", "--batch-size", "32", "--limit", "256", "--eval-limit", "200"]
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_quick_copy_run_lowers_the_loss(tmp_path):
+    r = cli("train", "copy", "--preset", "quick", "--steps", "150", "--out", tmp_path / "run", "--quiet")
+    assert r.exit_code == 0, r.output
+    log = read_log(tmp_path / "run")
+    assert [rec["step"] for rec in log] == [50, 100, 150]
+    assert log[-1]["val_loss"] < 0.8 * log[0]["val_loss"]
+    assert "done: copy/wrnn 150 steps" in r.output
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ck["progress"]["step"] == 150 and ck["metrics"]["test_loss"] > 0
+    assert not list((tmp_path / "run").glob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_psmnist_end_to_end_on_real_mnist_and_eval_reads_it_back(tmp_path, data_dir):
+    run = tmp_path / "ps"
+    r = cli("train", "psmnist", *TINY_MNIST, "--steps", "4", "--data-dir", data_dir, "--out", run, "--quiet")
+    assert r.exit_code == 0, r.output
+    best = load_checkpoint(run / "best.pt")
+    assert len(best["task"]["args"]["permutation"]) == 784
+    r = cli("eval", run / "best.pt", "--data-dir", data_dir, "--limit", "200", "--json")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)
+    assert got["n"] == 200
+    assert got["acc"] == pytest.approx(best["metrics"]["test_acc"], abs=1e-9)
+    assert 0 <= got["acc"] <= 1
+    r = cli("eval", run, "--split", "valid", "--data-dir", data_dir, "--limit", "200")
+    assert r.exit_code == 0 and "psmnist/wrnn valid (200 samples): acc" in r.output
+
+
+def _weights(run):
+    return load_checkpoint(run / "checkpoint.pt")["model"]
+
+
+def _stopper(at):
+    def hook(trainer):
+        if trainer.progress["step"] == at:
+            trainer.request_stop()
+    return hook
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "dataset"])
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, kind, request):
+    if kind == "synthetic":
+        cfg = make_config("copy", "wrnn", "quick", seq=5, channels=3, ring=12, batch_size=16, steps=12,
+                          eval_every=5, eval_batch=32)
+        stop_at = 7
+    else:
+        data_dir = request.getfixturevalue("data_dir")
+        # 96 examples in batches of 32: 3 batches an epoch, 3 epochs; stop inside the second epoch
+        cfg = make_config("psmnist", "wrnn", "quick", channels=2, ring=8, batch_size=32, limit=96, eval_limit=64,
+                          epochs=3, steps=None, data_dir=str(data_dir), lr_milestones=[2])
+        stop_at = 5
+    straight = Trainer(cfg, tmp_path / "a", quiet=True)
+    res = straight.run()
+    assert not res["interrupted"]
+    cut = Trainer(cfg, tmp_path / "b", quiet=True, on_step=_stopper(stop_at))
+    res = cut.run()
+    assert res["interrupted"] and res["step"] == stop_at
+    resumed = Trainer(cfg, tmp_path / "b", resume=True, quiet=True)
+    assert resumed.progress["step"] == stop_at
+    resumed.run()
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert read_log(tmp_path / "a") == read_log(tmp_path / "b")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "wavexport.cli", "train", *TINY_COPY, "--steps", "100000", "--eval-every", "20",
+            "--out", str(run), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
+    step = load_checkpoint(run / "checkpoint.pt")["progress"]["step"]
+    assert 20 <= step < 100000
+    r = cli("train", *TINY_COPY, "--out", run, "--resume", "--steps", step + 3, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(run / "checkpoint.pt")["progress"]["step"] == step + 3
+
+
+def _one_line_error(r, *needles):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    for n in needles:
+        assert n in lines[0], r.output
+
+
+def test_clear_errors(tmp_path, data_dir):
+    _one_line_error(cli("train", "psmnist", "--data-dir", tmp_path / "empty", "--out", tmp_path / "x", "--quiet"),
+                    "MNIST not found", "train-images-idx3-ubyte.gz")
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "MNIST" / "raw").mkdir(parents=True)
+    for f in (data_dir / "MNIST" / "raw").glob("*.gz"):
+        (corrupt / "MNIST" / "raw" / f.name).write_bytes(f.read_bytes())
+    (corrupt / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    _one_line_error(cli("train", "smnist", "--data-dir", corrupt, "--out", tmp_path / "y", "--quiet"), "corrupt")
+    _one_line_error(cli("eval", tmp_path / "missing.pt"), "no such file")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    _one_line_error(cli("eval", tmp_path / "junk.pt"), "not a readable checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    _one_line_error(cli("eval", tmp_path / "other.pt"), "not a wavexport checkpoint")
+    _one_line_error(cli("train", "copy", "--arch", "irnn", "--channels", "4", "--dry-run"), "does not apply")
+
+
+def test_existing_run_is_not_clobbered_and_resume_checks_the_task(tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", *TINY_COPY, "--steps", "3", "--eval-every", "3", "--out", run, "-q").exit_code == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    _one_line_error(cli("train", *TINY_COPY, "--steps", "3", "--out", run, "-q"), "already holds a run")
+    _one_line_error(cli("train", "adding", "--out", run, "--resume", "-q"), "copy")
+    _one_line_error(cli("train", *TINY_COPY, "--out", run, "--resume", "--lr", "0.5", "-q"), "cannot change lr")
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_dry_run_prints_paper_parameter_counts():
+    r = cli("train", "psmnist", "--dry-run")
+    assert r.exit_code == 0 and "psmnist/wrnn: 49,946 parameters" in r.output
+    r = cli("train", "psmnist", "--arch", "irnn", "--dry-run")
+    cfg = json.loads(r.output[: r.output.rindex("}") + 1])
+    assert cfg["train"]["epochs"] == 250 and cfg["model"]["hidden"] == 256 and cfg["parameters"] == 68874
+
+
+def test_adding_records_when_it_is_solved(tmp_path):
+    run = tmp_path / "add"
+    r = cli("train", "adding", "--preset", "quick", "--seq", "10", "--steps", "200", "--eval-every", "50",
+            "--lr", "0.01", "--out", run, "-q")
+    assert r.exit_code == 0, r.output
+    log = read_log(run)
+    solved = [rec["step"] for rec in log if rec.get("solved")]
+    ck = load_checkpoint(run / "checkpoint.pt")
+    first = next((rec["step"] for rec in log if rec["val_loss"] <= 0.05), None)
+    assert ck["metrics"]["solved_at"] == first
+    assert solved == ([first] if first else [])
