@@ -181,5 +181,9 @@ def list_cmd():
                        f"batch {cfg.batch_size}, lr {cfg.lr:g}, {budget}")
 
 
+from .plot.commands import plot  # noqa: E402
+main.add_command(plot)
+
+
 if __name__ == "__main__":
     main()

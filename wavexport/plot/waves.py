@@ -1,0 +1,291 @@
+"""Hidden-state trajectories and the wave speed: everything ``wavexport plot waves`` computes, without matplotlib.
+
+Where the hidden states come from is one function, :func:`open_source`: it turns a path into a
+:class:`StateSource` (one input sequence in, every hidden state out). Today that is a checkpoint's torch model; the
+ONNX step model (inputs ``x``, ``h``; outputs ``y``, ``h_next``) plugs in there once the runtime exists, and the
+figures, the events and the wave speed need nothing else.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import WavexportError
+
+MAX_TASK_SAMPLE = 100_000  # synthetic test sequences are drawn in order: bound the work a typo can ask for
+
+
+class PlotError(WavexportError):
+    """Bad input to a plot command (file, channel, array shape, metric). The CLI prints it as one line."""
+
+
+# --- where hidden states come from -------------------------------------------------------------------------------
+class StateSource:
+    """One sequence ``xs`` [T, n_in] in, every hidden state [T, C, N] out.
+
+    ``layout`` is ``"ring"`` for the Wave-RNN (C channels, each a ring of N units) and ``"units"`` for the fully
+    connected RNNs, whose hidden vector [H] is returned as one channel [T, 1, H] (the LSTM's ``h``, not ``c``).
+    ``task``, ``train_config`` and ``model_config`` describe what the model was trained on, when known.
+    """
+
+    layout: str = "ring"
+    n_in: int = 0
+    task = None
+    train_config: dict = {}
+    model_config: dict = {}
+    path: str = ""
+
+    def states(self, xs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return describe_model(self.model_config) if self.model_config else Path(self.path).name
+
+
+class TorchSource(StateSource):
+    """A torch :class:`~wavexport.models.RecurrentModel` run on the CPU, one sequence at a time."""
+
+    def __init__(self, model, task=None, train_config: dict | None = None, model_config: dict | None = None,
+                 path: str = ""):
+        from ..models import WaveRNN
+
+        self.model = model.eval()
+        self.task = task
+        self.train_config = dict(train_config or {})
+        self.model_config = dict(model_config or {})
+        self.path = path
+        self.n_in = model.n_in
+        self.layout = "ring" if isinstance(model, WaveRNN) else "units"
+
+    @torch.no_grad()
+    def states(self, xs: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(xs, dtype=np.float32))[None]  # [1, T, n_in]
+        if self.layout == "ring":
+            return self.model.states(x)[0].numpy()
+        # Through ``step``, the per-step interface an exported step model also has; h is state[0] for every arch.
+        state, out = self.model.initial_state(1), []
+        for t in range(x.shape[1]):
+            _, state = self.model.step(x[:, t], state)
+            out.append(state[0][0])
+        return torch.stack(out)[:, None].numpy()
+
+
+def open_source(path: str | os.PathLike) -> StateSource:
+    """A checkpoint (``.pt`` or a run directory, whose best.pt is used) as a :class:`StateSource`."""
+    from ..training import load_checkpoint, model_from_checkpoint
+
+    p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        raise PlotError(f"{p}: ONNX models are not supported by plot yet (they need the streaming runtime); "
+                        "pass the checkpoint it was exported from (.pt or its run directory)")
+    ckpt = load_checkpoint(p)
+    model, task = model_from_checkpoint(ckpt)
+    return TorchSource(model, task, ckpt.get("train_config"), ckpt["model_config"], ckpt["path"])
+
+
+def describe_model(model_config: dict) -> str:
+    """``wrnn 6x40`` / ``irnn 100``, plus any recurrence init that differs from the arch's default."""
+    from ..models import ARCHS
+
+    arch = model_config.get("arch", "?")
+    if "channels" in model_config:
+        text = f"{arch} {model_config['channels']}×{model_config['ring']}"
+    else:
+        text = f"{arch} {model_config.get('hidden', '?')}"
+    spec = ARCHS.get(arch)
+    init = model_config.get("rec_init")
+    if spec is not None and init is not None and init != spec.defaults.get("rec_init", init):
+        text += f" ({init} init)"
+    return text
+
+
+# --- the input sequence ------------------------------------------------------------------------------------------
+def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndarray:
+    """Sequence ``index`` [T, n_in] of the held-out test set that ``wavexport eval`` scores for this run.
+
+    Synthetic tasks: drawn from the run's test seed in the same batches as the evaluation, so index i is the i-th
+    sequence eval uses (indices past the evaluation batch continue the same stream). Image tasks: test image i;
+    the nsCIFAR10 noise comes from the test seed, so it is fixed but not the noise eval drew for that image.
+    """
+    from ..tasks import DatasetTask, SyntheticTask
+    from ..training.trainer import HELD_OUT_SEEDS, load_eval_splits
+
+    task, cfg = source.task, source.train_config
+    if task is None:
+        raise PlotError(f"{source.path}: no task is recorded with this model; give a sequence with --input")
+    if index < 0 or index >= MAX_TASK_SAMPLE:
+        raise PlotError(f"--task-sample must be in 0..{MAX_TASK_SAMPLE - 1}, got {index}")
+    seed = int(cfg.get("seed", 0))
+    gen = torch.Generator().manual_seed(seed + HELD_OUT_SEEDS["test"])
+    if isinstance(task, SyntheticTask):
+        n_eval, pos = int(cfg.get("eval_batch", 1000)), 0
+        while True:
+            size = min(500, n_eval - pos) if pos < n_eval else 500  # evaluate_synthetic's batches, then more
+            xs, _ = task.sample(size, gen)
+            if index < pos + size:
+                return xs[index - pos].numpy()
+            pos += size
+    if isinstance(task, DatasetTask):
+        data_dir = data_dir or os.environ.get("WAVEXPORT_DATA") or cfg.get("data_dir")
+        test = load_eval_splits(task, data_dir, seed)["test"]
+        if index >= len(test):
+            raise PlotError(f"--task-sample {index}: the {task.name} test set has {len(test)} examples")
+        return task.inputs(test.x[index:index + 1], gen)[0].numpy()
+    raise PlotError(f"cannot draw a sequence of task {task.name!r}; give one with --input")
+
+
+def load_input(path: str | os.PathLike, n_in: int) -> np.ndarray:
+    """A model-input sequence from a ``.npy`` file: [T, n_in], [1, T, n_in], or [T] when the model takes one value
+    per step. These are the values the model sees (scaled, permuted), not raw pixels."""
+    p = Path(path)
+    if not p.is_file():
+        raise PlotError(f"--input {p}: no such file")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise PlotError(f"--input {p} is not a readable .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray):
+        raise PlotError(f"--input {p} holds several arrays (.npz); save one array with numpy.save")
+    if arr.dtype.kind not in "biuf":
+        raise PlotError(f"--input {p}: expected a numeric array, found dtype {arr.dtype}")
+    shape = arr.shape
+    if arr.ndim == 3 and shape[0] == 1:
+        arr = arr[0]
+    elif arr.ndim == 1 and n_in == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != n_in:
+        want = f"[T, {n_in}]" + (" or [T]" if n_in == 1 else "") + f" or [1, T, {n_in}]"
+        raise PlotError(f"--input {p} has shape {list(shape)}; this model takes {want} (n_in = {n_in})")
+    if arr.shape[0] < 3:
+        raise PlotError(f"--input {p}: need at least 3 time steps, found {arr.shape[0]}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise PlotError(f"--input {p} contains NaN or infinite values")
+    return arr
+
+
+# --- input events: what to annotate on the time axis ------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    """Something the task put into the input at step ``t`` (to ``end`` for a span)."""
+    t: int
+    label: str
+    kind: str  # "symbol", "cue", "window", "marker", "phase"
+    end: int | None = None
+
+
+def input_events(task_name: str | None, xs: np.ndarray) -> list[Event]:
+    """Read the task's events back from the input itself, so a user's ``--input`` sequence is annotated too.
+
+    copy: the symbols (one-hot 1..8), the delimiter 9 and the recall window after it; adding: the two marked
+    values; nsCIFAR10: where the noise begins. The image tasks have no discrete events.
+    """
+    xs = np.asarray(xs)
+    T = len(xs)
+    events: list[Event] = []
+    if task_name == "copy" and xs.shape[1] == 10:
+        k = xs.argmax(1)
+        on = xs.max(1) > 0.5
+        for t in range(T):
+            if on[t] and 1 <= k[t] <= 8:
+                events.append(Event(t, str(int(k[t])), "symbol"))
+            elif on[t] and k[t] == 9:
+                events.append(Event(t, "recall cue", "cue"))
+                if t + 1 < T:
+                    events.append(Event(t + 1, "recall", "window", T - 1))
+    elif task_name == "adding" and xs.shape[1] == 2:
+        for t in np.flatnonzero(xs[:, 1] > 0.5):
+            events.append(Event(int(t), f"{xs[t, 0]:.2f}", "marker"))
+    elif task_name == "nscifar10" and T > 32:
+        events.append(Event(32, "noise", "phase"))
+    return events
+
+
+# --- the wave speed ----------------------------------------------------------------------------------------------
+@dataclass
+class WaveSpeed:
+    """Dominant wave speed of a space-time activity pattern.
+
+    ``speed``: units per step, positive in the direction of the shift init (a pulse at unit i moves to unit i+1).
+    ``strength``: the peak correlation in [-1, 1]; 1 means the changes travel rigidly at ``speed``.
+    ``lags``/``scores``: the whole correlation profile, lag -(N-1)//2 .. N//2.
+    """
+    speed: int
+    strength: float
+    lags: np.ndarray = field(repr=False)
+    scores: np.ndarray = field(repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.speed:+d} unit/step (r = {self.strength:.2f})" if self.speed else \
+            f"0 unit/step (r = {self.strength:.2f})"
+
+    def to_dict(self) -> dict:
+        return {"speed": self.speed, "strength": round(float(self.strength), 6)}
+
+
+def wave_speed(states: np.ndarray) -> WaveSpeed:
+    """The ring shift that best carries each step's change of activity onto the next one's.
+
+    ``states`` [T, N] or [T, C, N] (the last axis is the ring). With d_t = h_t - h_{t-1}, the score of lag s is
+    the correlation (cosine) sum_t,c <d_t, roll(d_{t-1}, s)> / sqrt(sum |d_t|^2 * sum |d_{t-1}|^2); the speed is
+    the lag with the highest score (ties go to the smallest |s|), its score the strength.
+
+    Why the change and not the activity itself: static activity - a bias-driven background, or the filled block
+    behind a wave front - correlates with itself at lag 0 and hides the motion. An untrained shift wRNN on the copy
+    task is the sharp case: its solo encoder writes 1 to unit 0 at every step, the state is a block of ones growing
+    by one unit a step, and raw activity scores lag 0 and lag +1 almost alike; its changes are a single pulse moving
+    +1 unit per step. For a pure wave h_t = roll(h_{t-1}, v) the changes obey d_t = roll(d_{t-1}, v) exactly.
+
+    For the fully connected RNNs the H hidden units are treated as a ring in index order. That order means nothing
+    for the iRNN, LSTM and GRU (expect a weak strength and an arbitrary lag); it is a real ring for ``irnn-shift``,
+    whose rolled-identity recurrence moves activity one unit per step.
+    """
+    h = np.asarray(states, dtype=np.float64)
+    if h.ndim == 2:
+        h = h[:, None]
+    if h.ndim != 3:
+        raise PlotError(f"wave speed needs states [T, N] or [T, C, N], got shape {list(np.shape(states))}")
+    if h.shape[0] < 3:
+        raise PlotError(f"wave speed needs at least 3 time steps, got {h.shape[0]}")
+    n = h.shape[-1]
+    d = np.diff(h, axis=0)
+    a, b = d[1:], d[:-1]
+    # Circular cross-correlation over the ring, summed over time and channels: ifft(A conj(B))[s] = sum a[i] b[i-s].
+    spec = (np.fft.rfft(a, axis=-1) * np.conj(np.fft.rfft(b, axis=-1))).sum(axis=(0, 1))
+    corr = np.fft.irfft(spec, n=n)
+    lags = np.arange(-((n - 1) // 2), n // 2 + 1)
+    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    scores = corr[lags % n] / denom if denom > 0 else np.zeros(len(lags))
+    best = scores.max()
+    tied = np.flatnonzero(scores >= best - 1e-9 * max(1.0, abs(best)))
+    pick = tied[np.argmin(np.abs(lags[tied]))]
+    return WaveSpeed(int(lags[pick]), float(scores[pick]), lags, scores)
+
+
+def channel_speeds(states: np.ndarray) -> list[WaveSpeed]:
+    """:func:`wave_speed` of each channel of [T, C, N] on its own (trained channels may differ)."""
+    return [wave_speed(states[:, c]) for c in range(states.shape[1])]
+
+
+def parse_channels(spec: str | None, n_channels: int, default: int = 3) -> list[int]:
+    """``"0,2,5"``, ``"all"``, or None for the first ``default`` channels; indices checked against the model."""
+    if spec is None:
+        return list(range(min(default, n_channels)))
+    if spec.strip().lower() == "all":
+        return list(range(n_channels))
+    try:
+        chans = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise PlotError(f"--channels expects comma-separated integers or 'all', got {spec!r}") from None
+    if not chans:
+        raise PlotError("--channels names no channel")
+    bad = [c for c in chans if not 0 <= c < n_channels]
+    if bad:
+        have = f"{n_channels} channels (0..{n_channels - 1})" if n_channels > 1 else "one channel (0)"
+        raise PlotError(f"--channels {bad[0]} is out of range: the model has {have}")
+    return list(dict.fromkeys(chans))
