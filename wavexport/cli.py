@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -134,25 +135,35 @@ def train(ctx, task, arch, preset, out, resume, dry_run, quiet, **opts):
 
 # --- eval --------------------------------------------------------------------------------------------------------
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoint", metavar="MODEL", type=click.Path())
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "valid"]))
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data root (default as for train).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate the first N examples only.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name -> value.")
 def eval_cmd(checkpoint, split, data_dir, limit, device, as_json):
-    """Task metric of a checkpoint (a .pt file or a run directory, whose best.pt is used)."""
-    from .training import load_checkpoint
-    from .training.trainer import evaluate_checkpoint
+    """Task metric of a checkpoint (a .pt file or a run directory, whose best.pt is used) or of an exported .onnx
+    model (run through ONNX Runtime on the real test set; --device cuda picks its CUDA provider)."""
+    from .runtime.commands import eval_onnx, is_onnx_path
 
-    ckpt = load_checkpoint(checkpoint)
-    metrics = evaluate_checkpoint(ckpt, split, data_dir, limit, device, progress=not as_json)
+    if is_onnx_path(checkpoint):
+        from .exporters.contract import read_contract
+
+        c = read_contract(checkpoint)
+        name = f"{c.task}/{c.arch} ({os.path.basename(checkpoint)}, onnx)"
+        metrics = eval_onnx(checkpoint, split, data_dir, limit, "cuda" if device.startswith("cuda") else "cpu",
+                            progress=not as_json)
+    else:
+        from .training import load_checkpoint
+        from .training.trainer import evaluate_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        name = f"{ckpt['task']['name']}/{ckpt['model_config']['arch']}"
+        metrics = evaluate_checkpoint(ckpt, split, data_dir, limit, device, progress=not as_json)
     if as_json:
         click.echo(json.dumps(metrics))
     else:
-        task = ckpt["task"]["name"]
-        click.echo(f"{task}/{ckpt['model_config']['arch']} {split} ({metrics['n']} samples): "
-                   f"{_fmt_metrics(metrics)}")
+        click.echo(f"{name} {split} ({metrics['n']} samples): {_fmt_metrics(metrics)}")
 
 
 # --- list --------------------------------------------------------------------------------------------------------
@@ -183,6 +194,18 @@ def list_cmd():
 
 from .plot.commands import plot  # noqa: E402
 main.add_command(plot)
+
+
+from .exporters.commands import export_cmd, inspect_cmd  # noqa: E402
+
+main.add_command(export_cmd, "export")
+main.add_command(inspect_cmd, "inspect")
+
+from .runtime.commands import bench_cmd, run_cmd, sample_cmd  # noqa: E402
+
+main.add_command(run_cmd, "run")
+main.add_command(bench_cmd, "bench")
+main.add_command(sample_cmd, "sample")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""checkpoint -> verified ONNX file: what ``wavexport export`` does, callable from Python.
+
+The file is written under a temporary name in the destination folder, verified there, and renamed onto the
+destination only if every check passes; on any failure neither the file nor the temporary one remains.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from .. import __version__
+from ..training.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+from .contract import FORMATS, QUANT_NONE, STATE_INIT_ZEROS, BATCH_DIM, Contract, write_metadata
+from .errors import ExportError
+from .onnx_export import DEFAULT_OPSET, export_step_graph, parse_batch, parse_opset, sequence_from_step
+from .quantize import (QuantReport, check_int8, compare_int8, eval_data, eval_session, quantize_step_int8,
+                       time_per_step)
+from .verify import ParityReport, check_file, check_io, parity, session, verify_fp32
+
+QUANTIZATIONS = {"int8": "int8-dynamic"}
+
+
+@dataclass
+class ExportReport:
+    path: str
+    mode: str
+    opset: int
+    batch: int | None
+    task: str
+    arch: str
+    export_seconds: float
+    size_bytes: int = 0
+    verify_seconds: float = 0.0
+    verified: bool = False
+    parity: ParityReport | None = None
+    quant: QuantReport | None = None
+    quantization: str = QUANT_NONE
+
+    def lines(self) -> list[str]:
+        b = "dynamic" if self.batch is None else str(self.batch)
+        out = [f"exported {self.task}/{self.arch} {self.mode} graph ({self.quantization}), opset {self.opset}, "
+               f"batch {b} -> {self.path} ({self.size_bytes / 1024:.1f} KiB) in {self.export_seconds:.1f} s"]
+        if self.parity is not None:
+            out.append("verified: onnx.checker full_check ok; " + self.parity.summary())
+        if self.quant is not None:
+            if self.quant.n:
+                out.append(f"verified int8: {self.quant.summary()}")
+            out.append(f"int8: {self.quant.size_speed()}")
+        if not self.verified:
+            out.append("NOT verified (--no-verify)")
+        elif self.verify_seconds:
+            out.append(f"verification took {self.verify_seconds:.1f} s")
+        return out
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_contract(model, task, mode: str, batch: int | None, metrics: dict | None = None, source_sha256: str = "",
+                  quantization: str = QUANT_NONE, model_config: dict | None = None, arch: str | None = None
+                  ) -> Contract:
+    """The metadata of an export of ``model`` for ``task``: everything needed to feed it without Python."""
+    b = BATCH_DIM if batch is None else int(batch)
+    cfg = dict(model_config or {})
+    return Contract(
+        format=FORMATS[mode], version=__version__, task=task.name, arch=arch or cfg.get("arch", type(model).__name__),
+        model_config=cfg, state_names=list(model.state_names),
+        state_shapes={n: [b, *model.state_shape()] for n in model.state_names}, state_init=STATE_INIT_ZEROS,
+        input_size=int(model.n_in), output_size=int(model.n_out), output_kind=task.output_kind,
+        seq_len=int(task.seq_len), readout=task.readout, permutation=task.permutation,
+        input_scale=float(task.input_scale), metrics=dict(metrics or {}), source_sha256=source_sha256,
+        quantization=quantization)
+
+
+def test_metrics(ckpt: dict) -> dict:
+    """The checkpoint's test metrics (taken at its best validation point), and the size of that test set."""
+    m = ckpt.get("metrics") or {}
+    return {k: v for k, v in m.items() if k.startswith("test_") or k in ("eval_limit", "solved_at")}
+
+
+def build_graphs(model, mode: str, opset: int, batch: int | None, quantize: str | None = None):
+    """(float32 graph, final graph): the final one is int8 when asked. A sequence graph wraps the step graph."""
+    step = export_step_graph(model, opset, batch)
+    names = list(model.state_names)
+    fp32 = sequence_from_step(step, names) if mode == "sequence" else step
+    if not quantize:
+        return fp32, fp32
+    q_step = quantize_step_int8(step)
+    return fp32, (sequence_from_step(q_step, names) if mode == "sequence" else q_step)
+
+
+def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, batch="dynamic",
+                      quantize: str | None = None, verify: bool = True, data_dir=None,
+                      log: Callable[[str], None] | None = None) -> ExportReport:
+    """Export a checkpoint to ``out``; raises :class:`ExportError` (bad input) or :class:`VerificationError`."""
+    log = log or (lambda msg: None)
+    opset = parse_opset(opset)
+    batch = parse_batch(batch)
+    if mode not in FORMATS:
+        raise ExportError(f"unknown mode {mode!r} (step or sequence)")
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ExportError(f"unknown quantization {quantize!r} (int8)")
+    out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"{out} is a directory; give the path of the .onnx file to write")
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint)
+    model, task = model_from_checkpoint(ckpt)
+    contract = make_contract(model, task, mode, batch, metrics=test_metrics(ckpt),
+                             source_sha256=file_sha256(ckpt["path"]), model_config=ckpt["model_config"],
+                             arch=ckpt["model_config"].get("arch"))
+    fp32, final = build_graphs(model, mode, opset, batch, quantize)
+    write_metadata(fp32, contract)
+    final_contract = contract
+    if quantize:
+        final_contract = replace(contract, quantization=QUANTIZATIONS[quantize])
+        write_metadata(final, final_contract)
+    final.producer_name, final.producer_version = "wavexport", __version__
+    rep = ExportReport(path=str(out), mode=mode, opset=opset, batch=batch, task=task.name, arch=contract.arch,
+                       export_seconds=time.perf_counter() - t0, quantization=final_contract.quantization)
+
+    def write(tmp: str) -> None:
+        onnx.save(final, tmp)
+        if not verify:
+            if quantize:
+                rep.quant = QuantReport("-", 0.0, 0.0, 0, 0.0, fp32_bytes=fp32.ByteSize(),
+                                        int8_bytes=os.path.getsize(tmp))
+            return
+        t1 = time.perf_counter()
+        if not quantize:
+            log(f"verifying: {task.seq_len} chained steps, ONNX Runtime vs PyTorch ...")
+            rep.parity = verify_fp32(tmp, model, task, final_contract)
+        else:
+            check_file(tmp)
+            check_io(onnx.load(tmp), final_contract)
+            log(f"verifying the float32 graph: {task.seq_len} chained steps, ONNX Runtime vs PyTorch ...")
+            rep.parity = parity(session(fp32), model, task, contract)
+            if not rep.parity.ok:
+                from .errors import VerificationError
+                raise VerificationError("parity check of the float32 graph failed: " + rep.parity.summary())
+            xs, target = eval_data(task, ckpt, data_dir)
+            log(f"verifying int8 on the task metric: {len(xs)} test samples, int8 vs float32 ...")
+            s32, s8 = eval_session(fp32), eval_session(tmp)
+            rep.quant = compare_int8(s32, s8, contract, final_contract, task, xs, target)
+            rep.quant.fp32_bytes, rep.quant.int8_bytes = fp32.ByteSize(), os.path.getsize(tmp)
+            rep.quant.fp32_step_us = time_per_step(session(fp32), contract)
+            rep.quant.int8_step_us = time_per_step(session(tmp), final_contract)
+            check_int8(rep.quant)
+        rep.verify_seconds = time.perf_counter() - t1
+        rep.verified = True
+
+    atomic_write(out, write)
+    rep.size_bytes = os.path.getsize(out)
+    return rep

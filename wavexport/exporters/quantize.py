@@ -1,0 +1,211 @@
+"""int8 export: ONNX Runtime dynamic quantization of the step graph's weights, judged on the task metric.
+
+Why dynamic, and which ops: see docs/EXPORT.md ("int8"). In short, ``quantize_dynamic`` only handles MatMul and
+Conv, so the exporters' ``Gemm`` (every ``nn.Linear``) is first rewritten as MatMul + Add; the recurrent Conv stays
+float32 by default because quantizing the state that is fed back every step compounds its rounding error over
+784 steps, for 768 weights' worth of size gain. The int8 step graph is then wrapped in the Scan like a float one.
+
+An elementwise check means nothing for int8, so the command compares the task metric of the int8 and the float32
+graph on held-out data (>= 1000 test images, or the test draw of a synthetic task) and fails beyond the tolerance.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from .contract import Contract
+from .errors import ExportError, VerificationError
+from .verify import ort_chain, session
+
+QUANT_EVAL_SAMPLES = 1000
+MAX_ACC_DROP = 0.005          # 0.5 accuracy points (image tasks)
+MAX_LOSS_RISE = 0.05          # relative rise of the task loss allowed (synthetic tasks) ...
+MAX_LOSS_RISE_ABS = 1e-3      # ... or this much absolutely, whichever is larger
+DEFAULT_OP_TYPES = ("MatMul",)  # Gemm is rewritten to MatMul first; add "Conv" to quantize the recurrence too
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite ``Gemm(A, W, b)`` with a constant W (alpha = beta = 1, A not transposed) as ``MatMul(A, W') + b``,
+    which the dynamic quantizer handles. Same values; W' is W transposed once here when ``transB`` is set."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes = []
+    used_elsewhere = {i for n in g.node if n.op_type != "Gemm" for i in n.input}
+    replaced = set()
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type != "Gemm" or len(n.input) < 2 or n.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T
+        w_name = n.input[1] + "_matmul"
+        if w_name not in inits:
+            t = numpy_helper.from_array(np.ascontiguousarray(w), w_name)
+            g.initializer.append(t)
+            inits[w_name] = t
+        replaced.add(n.input[1])
+        has_bias = len(n.input) > 2 and n.input[2]
+        mm_out = n.output[0] + "_mm" if has_bias else n.output[0]
+        nodes.append(helper.make_node("MatMul", [n.input[0], w_name], [mm_out], name=(n.name or "gemm") + "_mm"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]],
+                                          name=(n.name or "gemm") + "_bias"))
+    del g.node[:]
+    g.node.extend(nodes)
+    still_used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name not in replaced or t.name in still_used | used_elsewhere]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return out
+
+
+def quantize_step_int8(step: onnx.ModelProto, op_types=DEFAULT_OP_TYPES) -> onnx.ModelProto:
+    """int8 weights (per output channel, symmetric) for the step graph's ``op_types``; activations are quantized
+    on the fly by ONNX Runtime. Keeps the graph's opset and I/O."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    prepared = gemm_to_matmul(step)
+    with tempfile.TemporaryDirectory(prefix="wavexport-q8-") as tmp:
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(prepared, src)
+        try:
+            quantize_dynamic(src, dst, op_types_to_quantize=list(op_types), per_channel=True,
+                             weight_type=QuantType.QInt8)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"onnxruntime could not quantize the graph: {type(e).__name__}: {e}") from None
+        q = onnx.load(dst)
+    opset = {o.domain: o.version for o in q.opset_import}
+    want = {o.domain: o.version for o in step.opset_import}
+    if opset.get("", opset.get("ai.onnx")) != want.get("", want.get("ai.onnx")):
+        raise ExportError(f"quantization changed the opset from {want} to {opset}")
+    return q
+
+
+# --- judging int8 by the task metric --------------------------------------------------------------------------------
+def eval_data(task, ckpt: dict, data_dir=None, n: int = QUANT_EVAL_SAMPLES):
+    """(xs [n, T, n_in] float32, targets): the first ``n`` test images, or the run's held-out test draw."""
+    from ..training.config import TrainConfig
+    from ..training.trainer import HELD_OUT_SEEDS, load_eval_splits
+
+    cfg = TrainConfig.from_dict(ckpt.get("train_config") or {"task": task.name})
+    gen = torch.Generator().manual_seed(cfg.seed + HELD_OUT_SEEDS["test"])
+    if hasattr(task, "sample"):
+        xs, y = task.sample(n, gen)
+        return xs.float(), y
+    data_dir = data_dir or os.environ.get("WAVEXPORT_DATA") or cfg.data_dir
+    test = load_eval_splits(task, data_dir, cfg.seed, limit=n)["test"]
+    if len(test) < n:
+        raise ExportError(f"int8 check needs {n} test samples, the test split has {len(test)}")
+    return task.inputs(test.x, gen).float(), test.y
+
+
+def onnx_metrics(sess, contract: Contract, task, xs: torch.Tensor, target: torch.Tensor, batch: int = 500) -> dict:
+    """The task's own metrics (means) of an exported model run by ONNX Runtime."""
+    keep_all = contract.readout != "last"
+    fixed = contract.batch
+    batch = fixed or batch
+    totals: dict[str, float] = {}
+    for i in range(0, len(xs), batch):
+        chunk = xs[i:i + batch].numpy()
+        n = len(chunk)
+        if fixed is not None and n < fixed:  # a fixed-batch graph: pad the last chunk, drop the padding's outputs
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        ys, _ = ort_chain(sess, contract, chunk, keep_all=keep_all)
+        for k, v in task.metrics(torch.from_numpy(ys[:n]), target[i:i + batch]).items():
+            totals[k] = totals.get(k, 0.0) + v
+    return {k: v / len(xs) for k, v in totals.items()}
+
+
+@dataclass
+class QuantReport:
+    metric: str
+    fp32: float
+    int8: float
+    n: int
+    allowed: float
+    fp32_bytes: int = 0
+    int8_bytes: int = 0
+    fp32_step_us: float = 0.0
+    int8_step_us: float = 0.0
+
+    @property
+    def delta(self) -> float:
+        """How much worse int8 is (positive = worse), in the metric's units."""
+        return (self.fp32 - self.int8) if self.metric == "acc" else (self.int8 - self.fp32)
+
+    @property
+    def ok(self) -> bool:
+        return self.delta <= self.allowed
+
+    def summary(self) -> str:
+        if self.metric == "acc":
+            m = (f"test accuracy on {self.n} samples: int8 {100 * self.int8:.2f} % vs fp32 {100 * self.fp32:.2f} % "
+                 f"({-100 * self.delta:+.2f} points; allowed -{100 * self.allowed:.2f})")
+        else:
+            m = (f"test {self.metric} on {self.n} samples: int8 {self.int8:.5f} vs fp32 {self.fp32:.5f} "
+                 f"({self.delta:+.5f}; allowed +{self.allowed:.5f})")
+        return m
+
+    def size_speed(self) -> str:
+        s = (f"size {self.int8_bytes / 1024:.1f} KiB vs fp32 {self.fp32_bytes / 1024:.1f} KiB "
+             f"({self.int8_bytes / max(self.fp32_bytes, 1):.2f}x)")
+        if self.fp32_step_us:
+            s += (f"; batch-1 step {self.int8_step_us:.1f} us vs fp32 {self.fp32_step_us:.1f} us "
+                  f"({self.int8_step_us / self.fp32_step_us:.2f}x, 1 thread)")
+        return s
+
+
+def compare_int8(fp32_sess, int8_sess, contract_fp32: Contract, contract_int8: Contract, task, xs, target
+                 ) -> QuantReport:
+    """Task metric of int8 vs float32 on the same samples; the tolerance is 0.5 accuracy points for
+    classification by image, else a relative rise of the loss."""
+    m32 = onnx_metrics(fp32_sess, contract_fp32, task, xs, target)
+    m8 = onnx_metrics(int8_sess, contract_int8, task, xs, target)
+    if getattr(task, "primary_metric", "loss") == "acc":
+        key, allowed = "acc", MAX_ACC_DROP
+    else:
+        key = "loss"
+        allowed = max(MAX_LOSS_RISE * abs(m32["loss"]), MAX_LOSS_RISE_ABS)
+    return QuantReport(metric=key, fp32=m32[key], int8=m8[key], n=len(xs), allowed=allowed)
+
+
+def check_int8(rep: QuantReport) -> None:
+    if rep.ok:
+        return
+    if rep.metric == "acc":
+        what = f"int8 loses {100 * rep.delta:.2f} accuracy points (allowed {100 * rep.allowed:.2f})"
+    else:
+        what = f"int8 raises the test {rep.metric} by {rep.delta:.5f} (allowed {rep.allowed:.5f})"
+    raise VerificationError(f"{what}: {rep.summary()}")
+
+
+def time_per_step(sess, contract: Contract, steps: int = 300, repeats: int = 3) -> float:
+    """Median microseconds per time step at batch 1 (a step graph called per step; a sequence graph per sequence
+    of ``steps`` steps, divided)."""
+    rng = np.random.default_rng(0)
+    xs = rng.random((1, steps, contract.input_size), dtype=np.float32)
+    if contract.batch not in (None, 1):
+        xs = np.repeat(xs, contract.batch, 0)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ort_chain(sess, contract, xs, keep_all=False)
+        times.append((time.perf_counter() - t0) / steps * 1e6)
+    return float(np.median(times))
+
+
+def eval_session(model):
+    """Sessions for the metric check use both cores: 1000 samples x 784 steps is real work."""
+    return session(model, threads=0)

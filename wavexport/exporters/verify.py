@@ -1,0 +1,179 @@
+"""Checks an exported file before it is published: ONNX checker (full), I/O against the contract, and ONNX Runtime
+against the PyTorch model over a chain of steps as long as the task's sequence, at batch sizes other than the
+traced one. A step export is run step by step with its state fed back, so the error of the state it hands on is
+what is measured, not one step from a clean state.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from .contract import TIME_DIM, Contract
+from .errors import VerificationError
+from .onnx_export import TRACE_BATCH, count_scan_nodes
+
+TOL_FP32 = 1e-4            # absolute, on every step's output and on the final state
+PARITY_BATCHES = (1, 3)    # dynamic-batch exports are traced at TRACE_BATCH and run at these
+PARITY_SEED = 1234
+
+
+@dataclass
+class ParityReport:
+    steps: int
+    batches: tuple[int, ...]
+    max_err_y: float = 0.0          # max |ORT - torch| over every step's output, every batch
+    max_err_state: float = 0.0      # max |ORT - torch| of the final state
+    worst: str = ""                 # where max_err_y was found
+    tolerance: float = TOL_FP32
+    per_batch: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.max_err_y <= self.tolerance and self.max_err_state <= self.tolerance
+
+    def summary(self) -> str:
+        return (f"ONNX Runtime vs PyTorch over {self.steps} chained steps at batch "
+                f"{', '.join(map(str, self.batches))}: max |error| outputs {self.max_err_y:.2e}, final state "
+                f"{self.max_err_state:.2e} (tolerance {self.tolerance:.0e}{'' if self.ok else ', FAILED'}"
+                f"{'' if self.ok else ' ' + self.worst})")
+
+
+def session(model, threads: int = 1):
+    """An ORT CPU session from a path, bytes or ModelProto."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def check_file(path) -> None:
+    """``onnx.checker.check_model(full_check=True)`` on the written file (by path: no 2 GB protobuf limit)."""
+    try:
+        onnx.checker.check_model(os.fspath(path), full_check=True)
+    except Exception as e:  # noqa: BLE001 - ValidationError, InferenceError, ...
+        raise VerificationError(f"onnx.checker rejects the export: {str(e).splitlines()[0][:300]}") from None
+
+
+def check_io(model: onnx.ModelProto, contract: Contract) -> None:
+    """Graph inputs/outputs are the contract's names, float32, with the contract's batch (and a symbolic T)."""
+    g = model.graph
+    weights = {t.name for t in g.initializer}
+    ins = [v for v in g.input if v.name not in weights]
+    got = ([v.name for v in ins], [v.name for v in g.output])
+    if got != (contract.input_names, contract.output_names):
+        raise VerificationError(f"graph I/O {got} does not match the contract "
+                                f"{(contract.input_names, contract.output_names)}")
+    batch = contract.batch
+    for v in [*ins, *g.output]:
+        t = v.type.tensor_type
+        if t.elem_type != onnx.TensorProto.FLOAT:
+            raise VerificationError(f"{v.name} is not float32")
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        if dims[0] != (batch if batch is not None else "batch"):
+            raise VerificationError(f"{v.name} has batch dim {dims[0]!r}, the contract says "
+                                    f"{batch if batch is not None else 'batch'!r}")
+        if contract.mode == "sequence" and v.name in (contract.input_name, contract.output_name):
+            if dims[1] != TIME_DIM:
+                raise VerificationError(f"{v.name} has time dim {dims[1]!r}: the sequence graph must keep T "
+                                        "symbolic (an unrolled loop silently fixes it)")
+    if contract.mode == "sequence":
+        ops = count_scan_nodes(model)
+        loops = ops.get("Scan", 0) + ops.get("Loop", 0)
+        if loops != 1 or len(g.node) != 1:
+            raise VerificationError(f"the sequence graph must be exactly one Scan/Loop node, found {ops}")
+
+
+def parity_inputs(task, batch: int, seed: int = PARITY_SEED) -> torch.Tensor:
+    """Inputs [batch, T, n_in] in the task's own range: a synthetic task's samples; for image tasks uniform
+    values in [0, 1] (the range of scaled pixels), so no data set is needed to verify."""
+    gen = torch.Generator().manual_seed(seed + batch)
+    if hasattr(task, "sample"):
+        return task.sample(batch, gen)[0].float()
+    return torch.rand(batch, task.seq_len, task.n_in, generator=gen)
+
+
+@torch.no_grad()
+def torch_chain(model, xs: torch.Tensor):
+    """The reference: ``model.step`` chained over every step. (ys [B, T, n_out], final state tuple)."""
+    state = model.initial_state(xs.shape[0], device="cpu")
+    ys = []
+    for t in range(xs.shape[1]):
+        y, state = model.step(xs[:, t], state)
+        ys.append(y)
+    return torch.stack(ys, 1).numpy(), tuple(s.numpy() for s in state)
+
+
+def ort_chain(sess, contract: Contract, xs: np.ndarray, keep_all: bool = True):
+    """Run an exported model over ``xs`` [B, T, n_in] from the contract's initial state.
+
+    Step graphs are called once per step with the state fed back; sequence graphs once. Returns
+    (ys [B, T or 1, n_out] (only the last step unless ``keep_all``), final state tuple).
+    """
+    xs = np.ascontiguousarray(xs, dtype=np.float32)
+    state = contract.initial_state(xs.shape[0])
+    if contract.mode == "sequence":
+        out = sess.run(contract.output_names, {contract.input_name: xs, **state})
+        ys = out[0] if keep_all else out[0][:, -1:]
+        return ys, tuple(out[1:])
+    names, outs = contract.state_names, contract.output_names
+    ys = []
+    y = None
+    for t in range(xs.shape[1]):
+        out = sess.run(outs, {contract.input_name: xs[:, t], **state})
+        y = out[0]
+        if keep_all:
+            ys.append(y)
+        state = dict(zip(names, out[1:]))
+    return (np.stack(ys, 1) if keep_all else y[:, None]), tuple(state[n] for n in names)
+
+
+def parity(sess, model, task, contract: Contract, batches=None, tolerance: float = TOL_FP32) -> ParityReport:
+    """Max |ORT - torch| over every step's output and the final state, for each batch size, over the full
+    task-length sequence."""
+    if batches is None:
+        batches = (contract.batch,) if contract.batch is not None else PARITY_BATCHES
+    rep = ParityReport(steps=task.seq_len, batches=tuple(batches), tolerance=tolerance)
+    for b in batches:
+        xs = parity_inputs(task, b)
+        ref_y, ref_s = torch_chain(model, xs)
+        got_y, got_s = ort_chain(sess, contract, xs.numpy())
+        if got_y.shape != ref_y.shape:
+            raise VerificationError(f"ONNX outputs have shape {got_y.shape}, PyTorch {ref_y.shape}")
+        err = np.abs(got_y.astype(np.float64) - ref_y)
+        if not np.all(np.isfinite(got_y)):
+            err = np.where(np.isfinite(got_y), err, np.inf)
+        e_y = float(err.max())
+        e_s = max(float(np.abs(g.astype(np.float64) - r).max()) for g, r in zip(got_s, ref_s))
+        if e_y > rep.max_err_y:
+            t = int(np.unravel_index(np.argmax(err), err.shape)[1])
+            rep.worst = f"(first worst at step {t + 1} of {task.seq_len}, batch {b})"
+        rep.max_err_y = max(rep.max_err_y, e_y)
+        rep.max_err_state = max(rep.max_err_state, e_s)
+        rep.per_batch[b] = {"max_err_y": e_y, "max_err_state": e_s}
+    return rep
+
+
+def verify_fp32(path, model, task, contract: Contract) -> ParityReport:
+    """All fp32 checks on a written file; raises :class:`VerificationError` with the max error on failure."""
+    check_file(path)
+    proto = onnx.load(os.fspath(path))
+    check_io(proto, contract)
+    rep = parity(session(path), model, task, contract)
+    if not rep.ok:
+        raise VerificationError("parity check failed: " + rep.summary())
+    return rep
+
+
+__all__ = ["TOL_FP32", "PARITY_BATCHES", "TRACE_BATCH", "ParityReport", "session", "check_file", "check_io",
+           "parity_inputs", "torch_chain", "ort_chain", "parity", "verify_fp32"]
