@@ -1,0 +1,289 @@
+"""The streaming runtime: ONNX vs torch streamers, the stdin protocol, eval/bench on ONNX, the Node.js client."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from wavexport.cli import main
+from wavexport.exporters.contract import ContractError, read_contract
+from wavexport.exporters.pipeline import export_checkpoint
+from wavexport.runtime import StreamError, StreamingSession, TorchStreamer
+from wavexport.training import Trainer, load_checkpoint, make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE_DIR = ROOT / "examples" / "node"
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def psmnist(tmp_path_factory, request):
+    """A wRNN trained a few steps on real psMNIST, exported as step and sequence graphs."""
+    from conftest import DATA_DIR, HAVE_MNIST
+
+    if not HAVE_MNIST:
+        pytest.skip("real MNIST not available")
+    d = tmp_path_factory.mktemp("psmnist")
+    cfg = make_config("psmnist", "wrnn", "quick", channels=4, ring=16, batch_size=32, limit=256, eval_limit=200,
+                      steps=8, data_dir=str(DATA_DIR))
+    Trainer(cfg, d / "run", quiet=True).run()
+    ckpt = d / "run" / "best.pt"
+    export_checkpoint(ckpt, d / "step.onnx", verify=False)
+    export_checkpoint(ckpt, d / "seq.onnx", mode="sequence", verify=False)
+    return {"ckpt": ckpt, "step": d / "step.onnx", "seq": d / "seq.onnx", "data": DATA_DIR}
+
+
+@pytest.fixture(scope="module")
+def lstm_copy(tmp_path_factory):
+    """A two-tensor state (h, c) model on a synthetic task."""
+    d = tmp_path_factory.mktemp("lstm")
+    cfg = make_config("copy", "lstm", "quick", seq=6, hidden=5, steps=3, eval_every=3, eval_batch=16)
+    Trainer(cfg, d / "run", quiet=True).run()
+    export_checkpoint(d / "run" / "best.pt", d / "step.onnx", verify=False)
+    return {"ckpt": d / "run" / "best.pt", "step": d / "step.onnx"}
+
+
+def test_onnx_and_torch_streamers_agree_over_a_full_psmnist_sequence(psmnist):
+    ckpt = load_checkpoint(psmnist["ckpt"])
+    c = read_contract(psmnist["step"])
+    from wavexport.tasks import load_mnist
+
+    _, _, test_x, _ = load_mnist(psmnist["data"], download=False)
+    xs = c.prepare_inputs(test_x[:3])  # permuted, scaled: [3, 784, 1]
+    assert c.permutation == ckpt["task"]["args"]["permutation"]
+    onnx_s, torch_s = StreamingSession(psmnist["step"]), TorchStreamer(psmnist["ckpt"])
+    for s in (onnx_s, torch_s):
+        s.reset(3)
+    worst = 0.0
+    for t in range(xs.shape[1]):  # every one of the 784 steps, chained
+        a, b = onnx_s.step(xs[:, t]), torch_s.step(xs[:, t])
+        worst = max(worst, float(np.abs(a - b).max()))
+    assert worst < TOL, f"max |onnx - torch| over 784 steps = {worst:.2e}"
+    for name in ("h",):
+        assert np.abs(onnx_s.state[name] - torch_s.state[name]).max() < TOL
+    assert onnx_s.steps == torch_s.steps == 784
+
+
+@pytest.mark.parametrize("graph", ["step", "seq"])
+def test_feed_matches_chained_steps_and_the_torch_model(psmnist, graph):
+    rng = np.random.default_rng(1)
+    xs = rng.random((2, 784, 1), dtype=np.float32)
+    s, ref = StreamingSession(psmnist[graph]), TorchStreamer(psmnist["ckpt"])
+    s.reset(2)
+    ref.reset(2)
+    ys = np.concatenate([s.feed(xs[:, i:i + 64]) for i in range(0, 784, 64)], 1)  # chunks carry the state
+    ref_ys = ref.feed(xs)
+    assert ys.shape == (2, 784, 10)
+    assert np.abs(ys - ref_ys).max() < TOL
+    assert np.abs(s.state["h"] - ref.state["h"]).max() < TOL
+    s.reset(2)
+    steps = np.stack([s.step(xs[:, t]) for t in range(100)], 1)
+    assert np.abs(steps - ref_ys[:, :100]).max() < TOL
+
+
+def test_state_is_readable_and_settable_across_runtimes(lstm_copy):
+    onnx_s, torch_s = StreamingSession(lstm_copy["step"]), TorchStreamer(lstm_copy["ckpt"])
+    assert onnx_s.state_names == torch_s.state_names == ["h", "c"]
+    rng = np.random.default_rng(0)
+    xs = rng.random((4, 26, 10), dtype=np.float32)
+    torch_s.reset(4)
+    torch_s.feed(xs[:, :10])
+    onnx_s.state = torch_s.state  # hand a stream over mid-sequence
+    assert onnx_s.batch_size == 4
+    a, b = onnx_s.feed(xs[:, 10:]), torch_s.feed(xs[:, 10:])
+    assert np.abs(a - b).max() < TOL
+    for n in ("h", "c"):
+        assert np.abs(onnx_s.state[n] - torch_s.state[n]).max() < TOL
+    got = onnx_s.state
+    got["h"][:] = 123.0  # a copy: the session's state is untouched
+    assert np.abs(onnx_s.state["h"]).max() < 100
+    with pytest.raises(StreamError, match="state 'c' must be"):
+        onnx_s.state = {"h": np.zeros((4, 5), np.float32), "c": np.zeros((4, 6), np.float32)}
+
+
+def test_input_checks_give_clear_errors(lstm_copy):
+    for s in (StreamingSession(lstm_copy["step"]), TorchStreamer(lstm_copy["ckpt"])):
+        s.reset(2)
+        with pytest.raises(StreamError, match=r"shape \[2, 9\].*n_in = 10"):
+            s.step(np.zeros((2, 9), np.float32))
+        with pytest.raises(StreamError, match="floating point, got dtype int64"):
+            s.step(np.zeros((2, 10), np.int64))
+        bad = np.zeros((2, 10), np.float32)
+        bad[1, 3] = np.nan
+        with pytest.raises(StreamError, match="NaN"):
+            s.step(bad)
+        with pytest.raises(StreamError, match=r"batch 3 .* reset\(3\)"):
+            s.step(np.zeros((3, 10), np.float32))
+        with pytest.raises(StreamError, match="batch 1"):
+            s.feed(np.zeros((5, 10), np.float32))  # [T, n_in] means batch 1
+        s.reset(1)
+        assert s.step(np.zeros(10, np.float32)).shape == (10,)
+        assert s.feed(np.zeros((5, 10))).shape == (5, 10)  # float64 is converted
+
+
+def test_foreign_onnx_files_are_refused(tmp_path, lstm_copy):
+    m = onnx.load(lstm_copy["step"])
+    del m.metadata_props[:]
+    onnx.save(m, tmp_path / "plain.onnx")
+    with pytest.raises(ContractError, match="not a wavexport export"):
+        StreamingSession(tmp_path / "plain.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(ContractError, match="not a readable ONNX file"):
+        StreamingSession(tmp_path / "junk.onnx")
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "plain.onnx"), "--stream"], input="1\n")
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output
+
+
+def run_stream(model, text, *args):
+    return subprocess.run([sys.executable, "-m", "wavexport.cli", "run", str(model), "--stream", *args],
+                          input=text, capture_output=True, text=True, timeout=120)
+
+
+def test_stdin_protocol(lstm_copy):
+    model = lstm_copy["step"]
+    rng = np.random.default_rng(0)
+    xs = rng.random((2, 10), dtype=np.float32).round(4)
+    ref = StreamingSession(model)
+    expect = [ref.step(x) for x in xs]
+    lines = [" ".join(map(str, xs[0])), json.dumps(xs[1].tolist())]
+    r = run_stream(model, "\n".join(lines) + "\n")
+    assert r.returncode == 0, r.stderr
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["step"] for o in out] == [0, 1]
+    for o, e in zip(out, expect):
+        assert np.abs(np.array(o["y"]) - e).max() < 1e-5
+        assert o["pred"] == int(e.argmax()) and 0 < o["prob"] <= 1
+    # commas, a blank line starting a new sequence from the initial state, --final
+    r = run_stream(model, ",".join(map(str, xs[0])) + "\n\n" + " , ".join(map(str, xs[0])) + "\n", "--final")
+    out = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(out) == 2 and out[0] == out[1] and out[0]["step"] == 0
+    # --every
+    r = run_stream(model, "\n".join([lines[0]] * 7) + "\n", "--every", "3")
+    assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [2, 5]
+
+
+def test_malformed_lines(lstm_copy):
+    model = lstm_copy["step"]
+    good = " ".join(["0.5"] * 10)
+    r = run_stream(model, f"{good}\n{good}\n1 2 3\n{good}\n")
+    assert r.returncode == 2
+    assert "line 3: expected 10 values, got 3" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stdout.splitlines()) == 2  # what came before the bad line was already written
+    for bad, why in [("[1, 2", "bad JSON"), ("0.1 x " + " ".join(["1"] * 8), "not a number"),
+                     (" ".join(["nan"] * 10), "NaN")]:
+        r = run_stream(model, bad + "\n")
+        assert r.returncode == 2 and why in r.stderr, r.stderr
+    r = run_stream(model, f"{good}\nbogus\n{good}\n", "--skip-bad")
+    assert r.returncode == 0
+    assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [0, 1]
+    assert json.loads(r.stderr.strip().splitlines()[-1])["line"] == 2
+
+
+def test_stream_flushes_each_line_to_a_waiting_consumer(lstm_copy):
+    """A producer that waits for each answer before sending the next step (a pipe, not a file)."""
+    p = subprocess.Popen([sys.executable, "-m", "wavexport.cli", "run", str(lstm_copy["step"]), "--stream"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for t in range(3):
+            p.stdin.write(" ".join(["0.25"] * 10) + "\n")
+            p.stdin.flush()
+            assert json.loads(p.stdout.readline())["step"] == t  # would block forever without a flush
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+        assert p.stdout.read() == ""
+    finally:
+        p.kill()
+
+
+def test_batched_run_from_npy(tmp_path, psmnist):
+    rng = np.random.default_rng(2)
+    xs = rng.random((3, 784, 1), dtype=np.float32)
+    np.save(tmp_path / "seqs.npy", xs)
+    r = CliRunner().invoke(main, ["run", str(psmnist["step"]), "--input", str(tmp_path / "seqs.npy"),
+                                  "--output", str(tmp_path / "out.npy")])
+    assert r.exit_code == 0, r.output
+    ys = np.load(tmp_path / "out.npy")
+    ref = TorchStreamer(psmnist["ckpt"])
+    ref.reset(3)
+    assert ys.shape == (3, 784, 10) and np.abs(ys - ref.feed(xs)).max() < TOL
+    assert json.loads(r.output)["pred"] == ys[:, -1].argmax(-1).tolist()
+    # raw uint8 pixels in raster order: --raw applies the permutation and the scale from the metadata
+    from wavexport.tasks import load_mnist
+
+    test_x = load_mnist(psmnist["data"], download=False)[2][:2]
+    np.save(tmp_path / "raw.npy", test_x)
+    r = CliRunner().invoke(main, ["run", str(psmnist["seq"]), "--input", str(tmp_path / "raw.npy"), "--raw"])
+    task_xs = read_contract(psmnist["seq"]).prepare_inputs(test_x)
+    ref.reset(2)
+    assert json.loads(r.output)["pred"] == ref.feed(task_xs)[:, -1].argmax(-1).tolist()
+    r = CliRunner().invoke(main, ["run", str(psmnist["step"]), "--input", str(tmp_path / "raw.npy")])
+    assert r.exit_code == 2 and "needs --raw" in r.output
+
+
+def test_eval_of_the_onnx_file_equals_the_checkpoint(psmnist):
+    runner = CliRunner()
+    args = ["--data-dir", str(psmnist["data"]), "--limit", "200", "--json"]
+    from_ckpt = json.loads(runner.invoke(main, ["eval", str(psmnist["ckpt"]), *args]).output)
+    from_onnx = json.loads(runner.invoke(main, ["eval", str(psmnist["step"]), *args]).output)
+    assert from_onnx["n"] == from_ckpt["n"] == 200
+    assert from_onnx["acc"] == from_ckpt["acc"]
+    assert from_onnx["acc"] == load_checkpoint(psmnist["ckpt"])["metrics"]["test_acc"]  # trained with eval_limit 200
+    assert abs(from_onnx["loss"] - from_ckpt["loss"]) < 1e-4
+
+
+def test_bench_reports_both_runtimes(lstm_copy):
+    r = CliRunner().invoke(main, ["bench", str(lstm_copy["step"]), "--batch", "1,3", "--steps", "50", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert [x["batch"] for x in rep["results"]] == [1, 3]
+    for x in rep["results"]:
+        assert 0 < x["onnx_step"]["median_us"] <= x["onnx_step"]["p90_us"] <= x["onnx_step"]["p99_us"]
+        assert x["torch_step"]["median_us"] > 0 and x["speedup_vs_torch"] > 0
+        assert x["speedup_vs_torch"] == pytest.approx(x["torch_step"]["median_us"] / x["onnx_step"]["median_us"])
+
+
+def test_sample_pipes_into_stream(psmnist):
+    sample = subprocess.run([sys.executable, "-m", "wavexport.cli", "sample", str(psmnist["step"]), "--index", "5",
+                             "--data-dir", str(psmnist["data"])], capture_output=True, text=True, timeout=120)
+    assert sample.returncode == 0, sample.stderr
+    assert len(sample.stdout.splitlines()) == 784 and "label: " in sample.stderr
+    r = run_stream(psmnist["step"], sample.stdout, "--final")
+    final = json.loads(r.stdout)
+    c = read_contract(psmnist["step"])
+    from wavexport.tasks import load_mnist
+
+    ref = TorchStreamer(psmnist["ckpt"])
+    y = ref.feed(c.prepare_inputs(load_mnist(psmnist["data"], download=False)[2][5:6])[0])
+    assert final["step"] == 783 and np.abs(np.array(final["y"]) - y[-1]).max() < 1e-5
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_node_example_matches_python_onnxruntime(psmnist):
+    if not (NODE_DIR / "node_modules" / "onnxruntime-node").exists():
+        pytest.skip("run `ONNXRUNTIME_NODE_INSTALL=skip npm ci` in examples/node first (.ci/run does)")
+    index = 7
+    r = subprocess.run(["node", str(NODE_DIR / "stream_digit.js"), str(psmnist["step"]), "--mnist",
+                        str(psmnist["data"]), "--index", str(index)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ})
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    steps, final = lines[:-1], lines[-1]
+    assert len(steps) == 784 and final["final"] and final["steps"] == 784
+    from wavexport.tasks import load_mnist
+
+    _, _, test_x, test_y = load_mnist(psmnist["data"], download=False)
+    assert final["label"] == int(test_y[index])
+    c = read_contract(psmnist["step"])
+    s = StreamingSession(psmnist["step"])
+    xs = c.prepare_inputs(test_x[index:index + 1])[0]
+    ys = np.stack([s.step(x) for x in xs])
+    node_ys = np.array([rec["y"] for rec in steps])
+    assert np.abs(node_ys - ys).max() < 1e-5
+    assert [rec["pred"] for rec in steps] == ys.argmax(-1).tolist()
