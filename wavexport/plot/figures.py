@@ -6,6 +6,7 @@ the Agg canvas: no pyplot, so nothing here changes a user's backend or keeps glo
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +36,27 @@ def new_figure(size_px: tuple[int, int], dpi: int):
     return fig
 
 
-def save_figure(fig, path: str | Path, dpi: int) -> Path:
-    """Write ``fig`` in the format its suffix names (png, pdf, svg), through a temp file and a rename."""
+def write_file(path: Path, write) -> None:
+    """``atomic_write`` (temp file + rename), leaving the file readable as the umask allows: the temp file is
+    created private (0600), which suits a checkpoint but not a figure meant to be shared."""
     from ..training.checkpoint import atomic_write
 
+    def write_public(tmp):
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+
+    atomic_write(path, write_public)
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> Path:
+    """Write ``fig`` in the format its suffix names (png, pdf, svg), through a temp file and a rename."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in fig.canvas.get_supported_filetypes():
         raise PlotError(f"{path}: cannot write a {fmt or 'suffix-less'} file; use .png, .pdf or .svg")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+    write_file(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     return path
 
 
@@ -107,14 +120,13 @@ def waves_figure(states: np.ndarray, inputs: np.ndarray, channels: list[int], *,
         sp = (speeds or {}).get(c)
         if sp is not None:
             what = "wave speed" if layout == "ring" else "best lag"
-            name += f"   ·   {what} {sp.speed:+d} unit/step  (r = {sp.strength:.2f})"
+            name += f"   ·   {what} {sp.signed} unit/step  (r = {sp.strength:.2f})"
         ax.set_title(name, loc="left", fontsize=10)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.tick_params(labelbottom=(i == n - 1), labelsize=8)
         axes.append(ax)
     axes[-1].set_xlabel("time step", fontsize=9)
-    if layout == "ring":
-        cax.set_ylabel("activity", fontsize=8)
+    cax.set_ylabel("activity", fontsize=8)
 
     _draw_events(ax_in, axes, events, T)
     if title:
@@ -149,8 +161,6 @@ def ring_animation(states: np.ndarray, channels: list[int], path: str | Path, *,
     """An animated GIF of the ring: every chosen channel a concentric annulus (inner = first), unit 0 (where the
     solo encoder writes) at the top, +1 speed clockwise. Each channel keeps its own colour scale. Returns the
     number of frames: every ``ceil(T / max_frames)``-th step, so at most ``max_frames``."""
-    from ..training.checkpoint import atomic_write
-
     _mpl()
     try:
         from PIL import Image
@@ -206,8 +216,8 @@ def ring_animation(states: np.ndarray, channels: list[int], path: str | Path, *,
         rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
         frames.append(Image.fromarray(rgb).quantize(colors=128, method=Image.Quantize.MEDIANCUT))
     path = Path(path)
-    atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
-                                                   duration=int(1000 / fps), loop=0, disposal=1))
+    write_file(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+                                                duration=int(1000 / fps), loop=0, disposal=1))
     return len(frames)
 
 

@@ -221,8 +221,12 @@ class WaveSpeed:
     scores: np.ndarray = field(repr=False)
 
     def __str__(self) -> str:
-        return f"{self.speed:+d} unit/step (r = {self.strength:.2f})" if self.speed else \
-            f"0 unit/step (r = {self.strength:.2f})"
+        return f"{self.signed} unit/step (r = {self.strength:.2f})"
+
+    @property
+    def signed(self) -> str:
+        """``+1``, ``-2``, ``0``."""
+        return f"{self.speed:+d}" if self.speed else "0"
 
     def to_dict(self) -> dict:
         return {"speed": self.speed, "strength": round(float(self.strength), 6)}
