@@ -102,6 +102,8 @@ def test_estimator_rejects_too_short_or_misshapen_input():
         wave_speed(np.zeros((2, 5)))
     with pytest.raises(PlotError, match="states"):
         wave_speed(np.zeros(5))
+    with pytest.raises(PlotError, match="NaN"):
+        wave_speed(np.full((4, 3), np.inf))
 
 
 # --- the estimator on models driven by real task inputs ----------------------------------------------------------
@@ -225,6 +227,9 @@ def test_cli_errors_are_one_line(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((8, 5)))
     assert_one_line_error(cli("plot", "speed", ck, "--input", tmp_path / "bad.npy"), "shape [8, 5]", "n_in = 2")
     assert_one_line_error(cli("plot", "curves", tmp_path), "has no metrics.jsonl")
+    assert_one_line_error(cli("plot", "curves", ck), "is a file: give the run directory")
+    (tmp_path / "bad.jsonl").write_text('{"step": 1, "val_loss": 0.5}\nnot json\n')
+    assert_one_line_error(cli("plot", "curves", tmp_path / "bad.jsonl"), "bad.jsonl:2: not a JSON line")
 
 
 def test_missing_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):

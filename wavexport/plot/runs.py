@@ -43,13 +43,19 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """A run directory (or its metrics.jsonl), with the configs of its checkpoint when one is there."""
     p = Path(path)
-    log = p if p.is_file() else p / "metrics.jsonl"
     if not p.exists():
         raise PlotError(f"{p}: no such run directory")
+    if p.is_file() and p.suffix != ".jsonl":
+        raise PlotError(f"{p} is a file: give the run directory (the one holding metrics.jsonl)")
+    log = p if p.is_file() else p / "metrics.jsonl"
     if not log.is_file():
         raise PlotError(f"{p} has no metrics.jsonl (is it a run directory written by `wavexport train`?)")
+    try:
+        text = log.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlotError(f"{log} cannot be read as text ({e})") from None
     records = []
-    for i, line in enumerate(log.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

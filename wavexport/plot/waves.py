@@ -256,6 +256,8 @@ def wave_speed(states: np.ndarray) -> WaveSpeed:
         raise PlotError(f"wave speed needs states [T, N] or [T, C, N], got shape {list(np.shape(states))}")
     if h.shape[0] < 3:
         raise PlotError(f"wave speed needs at least 3 time steps, got {h.shape[0]}")
+    if not np.isfinite(h).all():
+        raise PlotError("the hidden state holds NaN or infinite values (a diverged model?)")
     n = h.shape[-1]
     d = np.diff(h, axis=0)
     a, b = d[1:], d[:-1]
