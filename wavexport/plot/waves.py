@@ -246,8 +246,9 @@ def wave_speed(states: np.ndarray) -> WaveSpeed:
     +1 unit per step. For a pure wave h_t = roll(h_{t-1}, v) the changes obey d_t = roll(d_{t-1}, v) exactly.
 
     For the fully connected RNNs the H hidden units are treated as a ring in index order. That order means nothing
-    for the iRNN, LSTM and GRU (expect a weak strength and an arbitrary lag); it is a real ring for ``irnn-shift``,
-    whose rolled-identity recurrence moves activity one unit per step.
+    for the iRNN, LSTM and GRU: expect a weak strength and an arbitrary lag, or 0 where units integrate in place
+    (identity-init iRNN) or every change is the same input-weight vector (one input per step, as on sMNIST). It is
+    a real ring for ``irnn-shift``, whose rolled-identity recurrence moves activity one unit per step.
     """
     h = np.asarray(states, dtype=np.float64)
     if h.ndim == 2:
