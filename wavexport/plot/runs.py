@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .waves import PlotError, describe_model
 
-X_KEYS = ("step", "epoch")           # the time axes of a record, never plotted as a metric
 NOT_METRICS = ("step", "epoch", "solved")
 
 
