@@ -60,7 +60,7 @@ def test_identity_init_keeps_the_pulse_in_place():
 
 def test_solo_init_writes_input_only_to_unit_zero():
     m = small("wrnn")
-    u = m.encode(torch.rand(6, 3) + 0.1)
+    u = m.encode(torch.rand(6, 3) + 0.1).view(6, 4, 9)
     assert (u[:, :, 0] > 0).all()
     assert (u[:, :, 1:] == 0).all()
     v = small("wrnn", enc_init="normal").encoder.weight

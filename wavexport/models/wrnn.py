@@ -78,12 +78,14 @@ class WaveRNN(RecurrentModel):
         return (self.channels, self.ring)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """V x + b for [..., n_in] -> [..., C, N]."""
-        return self.encoder(x).unflatten(-1, (self.channels, self.ring))
+        """V x + b for [..., n_in] -> [..., C*N], flat: ``recur`` folds it to [B, C, N] with one constant-shape
+        reshape (an ``unflatten`` here exported as nine shape-computing ONNX ops per step)."""
+        return self.encoder(x)
 
     def recur(self, u_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """h_t = act(conv(h_{t-1}) + u_t), u_t the encoded input."""
-        return self._act(F.conv1d(circular_pad(h, self.kernel // 2), self.conv.weight, self.conv.bias) + u_t)
+        """h_t = act(conv(h_{t-1}) + u_t), u_t the encoded input [B, C*N]."""
+        conv = F.conv1d(circular_pad(h, self.kernel // 2), self.conv.weight, self.conv.bias)
+        return self._act(conv + u_t.reshape(-1, self.channels, self.ring))
 
     def read(self, h: torch.Tensor) -> torch.Tensor:
         return self.readout(h.flatten(1))
