@@ -215,10 +215,25 @@ def test_speed_command(tmp_path):
     assert "wave speed: +1 unit/step (r = 1.00)" in r.output and "25 steps" in r.output
 
 
+def test_an_exported_onnx_model_shows_the_same_states_as_its_checkpoint(tmp_path):
+    from wavexport.exporters.pipeline import export_checkpoint
+    from wavexport.plot.waves import open_source
+
+    ck = make_checkpoint(tmp_path / "w.pt", task="adding", seq=20)
+    export_checkpoint(ck, tmp_path / "w.onnx", verify=False)
+    xs = task_inputs("adding", n=1, seq=20)[1][0]
+    from_onnx, from_torch = open_source(tmp_path / "w.onnx"), open_source(ck)
+    assert from_onnx.layout == from_torch.layout == "ring"
+    np.testing.assert_allclose(from_onnx.states(xs), from_torch.states(xs), atol=1e-5)
+    r = cli("plot", "speed", tmp_path / "w.onnx", "--task-sample", 0, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["speed"] == 1
+
+
 def test_cli_errors_are_one_line(tmp_path):
     ck = make_checkpoint(tmp_path / "c.pt", task="adding", seq=20)
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
-    assert_one_line_error(cli("plot", "speed", tmp_path / "m.onnx"), "ONNX models are not supported")
+    assert_one_line_error(cli("plot", "speed", tmp_path / "m.onnx"), "not a wavexport export")
     assert_one_line_error(cli("plot", "speed", tmp_path / "nope.pt"), "no such file")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert_one_line_error(cli("plot", "speed", tmp_path / "junk.pt"), "not a readable checkpoint")

@@ -1,9 +1,8 @@
 """Hidden-state trajectories and the wave speed: everything ``wavexport plot waves`` computes, without matplotlib.
 
 Where the hidden states come from is one function, :func:`open_source`: it turns a path into a
-:class:`StateSource` (one input sequence in, every hidden state out). Today that is a checkpoint's torch model; the
-ONNX step model (inputs ``x``, ``h``; outputs ``y``, ``h_next``) plugs in there once the runtime exists, and the
-figures, the events and the wave speed need nothing else.
+:class:`StateSource` (one input sequence in, every hidden state out). A checkpoint's torch model or an exported ONNX model
+(through the streaming runtime); the figures, the events and the wave speed need nothing else.
 """
 from __future__ import annotations
 
@@ -75,14 +74,39 @@ class TorchSource(StateSource):
         return torch.stack(out)[:, None].numpy()
 
 
+class OnnxSource(StateSource):
+    """An exported model driven through the streaming runtime one step at a time: the state it carries is what is
+    drawn. Task and model config come from the file's metadata; there is no training seed in it, so synthetic
+    ``--task-sample`` draws use seed 0."""
+
+    def __init__(self, path):
+        from ..runtime import StreamingSession
+        from ..runtime.evaluate import task_from_contract
+
+        self.session = StreamingSession(path)
+        c = self.session.contract
+        self.path, self.n_in = os.fspath(path), c.input_size
+        self.task, self.model_config, self.train_config = task_from_contract(c), dict(c.model_config), {}
+        self.layout = "ring" if len(c.state_shapes["h"]) == 3 else "units"
+
+    def states(self, xs: np.ndarray) -> np.ndarray:
+        s = self.session
+        s.reset(1)
+        out = []
+        for x in np.asarray(xs, dtype=np.float32):
+            s.step(x)
+            out.append(s.state["h"][0])
+        h = np.stack(out)
+        return h if self.layout == "ring" else h[:, None]
+
+
 def open_source(path: str | os.PathLike) -> StateSource:
-    """A checkpoint (``.pt`` or a run directory, whose best.pt is used) as a :class:`StateSource`."""
+    """A checkpoint (``.pt`` or a run directory, whose best.pt is used) or an exported ``.onnx`` model."""
     from ..training import load_checkpoint, model_from_checkpoint
 
     p = Path(path)
     if p.suffix.lower() == ".onnx":
-        raise PlotError(f"{p}: ONNX models are not supported by plot yet (they need the streaming runtime); "
-                        "pass the checkpoint it was exported from (.pt or its run directory)")
+        return OnnxSource(p)
     ckpt = load_checkpoint(p)
     model, task = model_from_checkpoint(ckpt)
     return TorchSource(model, task, ckpt.get("train_config"), ckpt["model_config"], ckpt["path"])
