@@ -6,11 +6,11 @@ the Agg canvas: no pyplot, so nothing here changes a user's backend or keeps glo
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..training.checkpoint import atomic_write
 from .runs import Run
 from .waves import Event, PlotError, WaveSpeed
 
@@ -36,27 +36,13 @@ def new_figure(size_px: tuple[int, int], dpi: int):
     return fig
 
 
-def write_file(path: Path, write) -> None:
-    """``atomic_write`` (temp file + rename), leaving the file readable as the umask allows: the temp file is
-    created private (0600), which suits a checkpoint but not a figure meant to be shared."""
-    from ..training.checkpoint import atomic_write
-
-    def write_public(tmp):
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-
-    atomic_write(path, write_public)
-
-
 def save_figure(fig, path: str | Path, dpi: int) -> Path:
     """Write ``fig`` in the format its suffix names (png, pdf, svg), through a temp file and a rename."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in fig.canvas.get_supported_filetypes():
         raise PlotError(f"{path}: cannot write a {fmt or 'suffix-less'} file; use .png, .pdf or .svg")
-    write_file(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     return path
 
 
@@ -216,7 +202,7 @@ def ring_animation(states: np.ndarray, channels: list[int], path: str | Path, *,
         rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
         frames.append(Image.fromarray(rgb).quantize(colors=128, method=Image.Quantize.MEDIANCUT))
     path = Path(path)
-    write_file(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+    atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
                                                 duration=int(1000 / fps), loop=0, disposal=1))
     return len(frames)
 
