@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/wavexport train psmnist --preset quick --out $(RUN) $$([ -f $(RUN)/checkpoint.pt ] && echo --resume)
 	$(BIN)/wavexport eval $(RUN)
+	$(BIN)/wavexport export $(RUN) $(RUN)/model.onnx
+	$(BIN)/wavexport sample $(RUN)/model.onnx --index 0 | $(BIN)/wavexport run $(RUN)/model.onnx --stream --every 196
 
 test: install
 	$(BIN)/python -m pytest
