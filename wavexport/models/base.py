@@ -44,9 +44,24 @@ class RecurrentModel(nn.Module):
         return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in self.state_names)
 
     # --- computation -----------------------------------------------------------------------------------------
+    # A step is split in three so that exporters and fast paths can batch the two parts that do not recur (the input
+    # projection and the readout) over all timesteps of a sequence, and loop over ``advance`` alone.
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The input projection, [..., n_in] -> [..., U]: no state, so it may run on every step at once."""
+        raise NotImplementedError
+
+    def advance(self, u_t: torch.Tensor, state: State) -> State:
+        """The recurrence proper: encoded input [batch, U] and state -> next state."""
+        raise NotImplementedError
+
+    def read(self, state: State) -> torch.Tensor:
+        """The readout from a state: [batch, n_out]."""
+        raise NotImplementedError
+
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One timestep: ``x_t`` [batch, n_in] -> (``y_t`` [batch, n_out], next state)."""
-        raise NotImplementedError
+        state = self.advance(self.encode(x_t), state)
+        return self.read(state), state
 
     def forward(self, xs: torch.Tensor, state: State | None = None, last_only: bool = False
                 ) -> tuple[torch.Tensor, State]:

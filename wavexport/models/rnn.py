@@ -1,8 +1,8 @@
 """Fully connected baselines: the iRNN of Le et al. (2015), LSTM and GRU.
 
 Each keeps its weights in the ``torch.nn`` sequence module, so ``forward`` gets the vendor kernel (cuDNN on a GPU,
-oneDNN on CPU), while ``step`` spells the cell out in plain ops from the very same parameters: that form exports
-to any ONNX opset. ``tests/test_models.py`` holds the two to equality.
+oneDNN on CPU), while ``encode``/``advance``/``read`` (hence ``step``) spell the cell out in plain ops from the very
+same parameters: that form exports to any ONNX opset. ``tests/test_models.py`` holds the two to equality.
 """
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ class _TorchRNN(RecurrentModel):
     def state_shape(self) -> tuple[int, ...]:
         return (self.hidden,)
 
-    def _weights(self):
+    def encode(self, x):
         r = self.rnn
-        return r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0
+        return x @ r.weight_ih_l0.T + (r.bias_ih_l0 + r.bias_hh_l0)
+
+    def read(self, state):
+        return self.readout(state[0])
 
     def _as_torch_state(self, state: State):
         return state[0].unsqueeze(0).contiguous()
@@ -59,10 +62,8 @@ class IRNN(_TorchRNN):
             self.rnn.bias_ih_l0.zero_()
             self.rnn.bias_hh_l0.zero_()
 
-    def step(self, x_t, state):
-        w_ih, w_hh, b_ih, b_hh = self._weights()
-        h = torch.relu(x_t @ w_ih.T + b_ih + state[0] @ w_hh.T + b_hh)
-        return self.readout(h), (h,)
+    def advance(self, u_t, state):
+        return (torch.relu(u_t + state[0] @ self.rnn.weight_hh_l0.T),)
 
 
 class GRU(_TorchRNN):
@@ -70,18 +71,18 @@ class GRU(_TorchRNN):
         super().__init__(n_in, n_out, hidden, readout, readout_hidden)
         self.rnn = nn.GRU(n_in, hidden, batch_first=True)
 
-    def step(self, x_t, state):
-        w_ih, w_hh, b_ih, b_hh = self._weights()
+    def encode(self, x):  # b_hh stays in the recurrence: the candidate gate scales it by r
+        return x @ self.rnn.weight_ih_l0.T + self.rnn.bias_ih_l0
+
+    def advance(self, u_t, state):
         h = state[0]
-        gi = x_t @ w_ih.T + b_ih
-        gh = h @ w_hh.T + b_hh
-        i_r, i_z, i_n = gi.chunk(3, -1)
+        gh = h @ self.rnn.weight_hh_l0.T + self.rnn.bias_hh_l0
+        i_r, i_z, i_n = u_t.chunk(3, -1)
         h_r, h_z, h_n = gh.chunk(3, -1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
-        h = (1 - z) * n + z * h
-        return self.readout(h), (h,)
+        return ((1 - z) * n + z * h,)
 
 
 class LSTM(_TorchRNN):
@@ -97,10 +98,9 @@ class LSTM(_TorchRNN):
     def _from_torch_state(self, hn):
         return hn[0][0], hn[1][0]
 
-    def step(self, x_t, state):
-        w_ih, w_hh, b_ih, b_hh = self._weights()
+    def advance(self, u_t, state):
         h, c = state
-        i, f, g, o = (x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, -1)
+        i, f, g, o = (u_t + h @ self.rnn.weight_hh_l0.T).chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        return self.readout(h), (h, c)
+        return h, c

@@ -87,12 +87,11 @@ class WaveRNN(RecurrentModel):
         conv = F.conv1d(circular_pad(h, self.kernel // 2), self.conv.weight, self.conv.bias)
         return self._act(conv + u_t.reshape(-1, self.channels, self.ring))
 
-    def read(self, h: torch.Tensor) -> torch.Tensor:
-        return self.readout(h.flatten(1))
+    def advance(self, u_t: torch.Tensor, state: State) -> State:
+        return (self.recur(u_t, state[0]),)
 
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h = self.recur(self.encode(x_t), state[0])
-        return self.read(h), (h,)
+    def read(self, state: State) -> torch.Tensor:
+        return self.readout(state[0].flatten(1))
 
     def _run(self, xs: torch.Tensor, state: State | None, keep: bool):
         if state is None:
@@ -113,5 +112,5 @@ class WaveRNN(RecurrentModel):
     def forward(self, xs, state=None, last_only=False):
         # With last_only no per-step state is kept: evaluation of 784-step sequences stays small in memory.
         h, hs = self._run(xs, state, keep=not last_only)
-        ys = self.read(h).unsqueeze(1) if last_only else self.readout(torch.stack(hs, 1).flatten(2))
+        ys = self.read((h,)).unsqueeze(1) if last_only else self.readout(torch.stack(hs, 1).flatten(2))
         return ys, (h,)
