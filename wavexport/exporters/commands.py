@@ -24,9 +24,11 @@ DEFAULT_OPSET = 17  # mirrors onnx_export.DEFAULT_OPSET (checked by the tests) w
               help="int8 weights (ONNX Runtime dynamic quantization), checked on the task metric.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Skip the checks (ONNX checker, ONNX Runtime vs PyTorch parity, int8 accuracy).")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Max absolute error allowed by the float32 parity check.")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Data root for the int8 check of image tasks (default as for train).")
-def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, data_dir):
+def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, tolerance, data_dir):
     """Export CHECKPOINT (a .pt file or a run directory) to the ONNX file OUT, then verify it.
 
     \b
@@ -41,7 +43,8 @@ def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, data_di
         click.echo(msg, err=True)
 
     rep = export_checkpoint(checkpoint, out, mode=mode, opset=opset, batch=batch, quantize=quantize,
-                            verify=not no_verify, data_dir=data_dir, log=log)
+                            verify=not no_verify, data_dir=data_dir, tolerance=tolerance,
+                            log=log)
     for line in rep.lines():
         click.echo(line)
 

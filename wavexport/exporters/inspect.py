@@ -32,8 +32,10 @@ def _graphs(graph):
 
 
 def count_parameters(model) -> dict:
-    """Learned values stored in the file: elements of float and int8 initializers (quantization scales and zero
-    points of an int8 export included, as stored), over the graph and its subgraphs."""
+    """Learned values stored in the file: elements of the float and int8 initializers that have at least one axis,
+    over the graph and its subgraphs. Scalars are left out: they are constants the exporter lifted (the 1 in the
+    GRU's 1 - z) or per-tensor quantization scales/zero points, not weights. Per-channel scales of an int8
+    export are counted, as stored."""
     import onnx
 
     weight_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
@@ -41,7 +43,7 @@ def count_parameters(model) -> dict:
     total, by_type = 0, {}
     for g in _graphs(model.graph):
         for t in g.initializer:
-            if t.data_type not in weight_types:
+            if t.data_type not in weight_types or not t.dims:
                 continue
             n = 1
             for d in t.dims:

@@ -17,11 +17,11 @@ import onnx
 from .. import __version__
 from ..training.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
 from .contract import FORMATS, QUANT_NONE, STATE_INIT_ZEROS, BATCH_DIM, Contract, write_metadata
-from .errors import ExportError
+from .errors import ExportError, VerificationError
 from .onnx_export import DEFAULT_OPSET, export_step_graph, parse_batch, parse_opset, sequence_from_step
 from .quantize import (QuantReport, check_int8, compare_int8, eval_data, eval_session, quantize_step_int8,
                        time_per_step)
-from .verify import ParityReport, check_file, check_io, parity, session, verify_fp32
+from .verify import TOL_FP32, ParityReport, check_file, check_io, parity, session, verify_fp32
 
 QUANTIZATIONS = {"int8": "int8-dynamic"}
 
@@ -102,7 +102,7 @@ def build_graphs(model, mode: str, opset: int, batch: int | None, quantize: str 
 
 def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, batch="dynamic",
                       quantize: str | None = None, verify: bool = True, data_dir=None,
-                      log: Callable[[str], None] | None = None) -> ExportReport:
+                      tolerance: float = TOL_FP32, log: Callable[[str], None] | None = None) -> ExportReport:
     """Export a checkpoint to ``out``; raises :class:`ExportError` (bad input) or :class:`VerificationError`."""
     log = log or (lambda msg: None)
     opset = parse_opset(opset)
@@ -111,6 +111,8 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
         raise ExportError(f"unknown mode {mode!r} (step or sequence)")
     if quantize not in (None, *QUANTIZATIONS):
         raise ExportError(f"unknown quantization {quantize!r} (int8)")
+    if not (tolerance > 0):
+        raise ExportError(f"--tolerance must be a positive number, got {tolerance}")
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"{out} is a directory; give the path of the .onnx file to write")
@@ -140,14 +142,13 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
         t1 = time.perf_counter()
         if not quantize:
             log(f"verifying: {task.seq_len} chained steps, ONNX Runtime vs PyTorch ...")
-            rep.parity = verify_fp32(tmp, model, task, final_contract)
+            rep.parity = verify_fp32(tmp, model, task, final_contract, tolerance)
         else:
             check_file(tmp)
             check_io(onnx.load(tmp), final_contract)
             log(f"verifying the float32 graph: {task.seq_len} chained steps, ONNX Runtime vs PyTorch ...")
-            rep.parity = parity(session(fp32), model, task, contract)
+            rep.parity = parity(session(fp32), model, task, contract, tolerance=tolerance)
             if not rep.parity.ok:
-                from .errors import VerificationError
                 raise VerificationError("parity check of the float32 graph failed: " + rep.parity.summary())
             xs, target = eval_data(task, ckpt, data_dir)
             log(f"verifying int8 on the task metric: {len(xs)} test samples, int8 vs float32 ...")

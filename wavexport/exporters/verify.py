@@ -5,6 +5,8 @@ what is measured, not one step from a clean state.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 from dataclasses import dataclass, field
 
@@ -30,16 +32,19 @@ class ParityReport:
     worst: str = ""                 # where max_err_y was found
     tolerance: float = TOL_FP32
     per_batch: dict = field(default_factory=dict)
+    diagnosis: str = ""             # on failure: how far float32 PyTorch itself is from float64
 
     @property
     def ok(self) -> bool:
         return self.max_err_y <= self.tolerance and self.max_err_state <= self.tolerance
 
     def summary(self) -> str:
-        return (f"ONNX Runtime vs PyTorch over {self.steps} chained steps at batch "
-                f"{', '.join(map(str, self.batches))}: max |error| outputs {self.max_err_y:.2e}, final state "
-                f"{self.max_err_state:.2e} (tolerance {self.tolerance:.0e}{'' if self.ok else ', FAILED'}"
-                f"{'' if self.ok else ' ' + self.worst})")
+        s = (f"ONNX Runtime vs PyTorch over {self.steps} chained steps at batch "
+             f"{', '.join(map(str, self.batches))}: max |error| outputs {self.max_err_y:.2e}, final state "
+             f"{self.max_err_state:.2e} (tolerance {self.tolerance:.0e})")
+        if not self.ok:
+            s += f" FAILED {self.worst}" + (f"; {self.diagnosis}" if self.diagnosis else "")
+        return s
 
 
 def session(model, threads: int = 1):
@@ -103,15 +108,28 @@ def parity_inputs(task, batch: int, seed: int = PARITY_SEED) -> torch.Tensor:
     return torch.rand(batch, task.seq_len, task.n_in, generator=gen)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Small per-step ops run fastest on one thread, and several threads spin-wait badly when the cores are
+    shared (measured: 784 steps of an 8x64 wRNN, 0.25 s on 1 thread vs 4-9 s on 2 busy cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @torch.no_grad()
 def torch_chain(model, xs: torch.Tensor):
     """The reference: ``model.step`` chained over every step. (ys [B, T, n_out], final state tuple)."""
-    state = model.initial_state(xs.shape[0], device="cpu")
-    ys = []
-    for t in range(xs.shape[1]):
-        y, state = model.step(xs[:, t], state)
-        ys.append(y)
-    return torch.stack(ys, 1).numpy(), tuple(s.numpy() for s in state)
+    with one_thread():
+        state = model.initial_state(xs.shape[0], device="cpu", dtype=xs.dtype)
+        ys = []
+        for t in range(xs.shape[1]):
+            y, state = model.step(xs[:, t], state)
+            ys.append(y)
+        return torch.stack(ys, 1).numpy(), tuple(s.numpy() for s in state)
 
 
 def ort_chain(sess, contract: Contract, xs: np.ndarray, keep_all: bool = True):
@@ -161,15 +179,34 @@ def parity(sess, model, task, contract: Contract, batches=None, tolerance: float
         rep.max_err_y = max(rep.max_err_y, e_y)
         rep.max_err_state = max(rep.max_err_state, e_s)
         rep.per_batch[b] = {"max_err_y": e_y, "max_err_state": e_s}
+        if (e_y > tolerance or e_s > tolerance) and not rep.diagnosis:
+            rep.diagnosis = _diagnose(model, xs, ref_y, ref_s, got_y, got_s, tolerance)
     return rep
 
 
-def verify_fp32(path, model, task, contract: Contract) -> ParityReport:
+def _diagnose(model, xs, ref_y, ref_s, got_y, got_s, tolerance) -> str:
+    """Tell a wrong graph from a model that float32 cannot run to ``tolerance``: compare both runtimes with a
+    float64 PyTorch run. If PyTorch's own float32 error is as large, the graph is faithful and the activations
+    are simply too large (or the dynamics too sensitive) for an absolute bound in float32."""
+    m64 = copy.deepcopy(model).double()
+    y64, s64 = torch_chain(m64, xs.double())
+    own = max(float(np.abs(ref_y - y64).max()), *(float(np.abs(r - e).max()) for r, e in zip(ref_s, s64)))
+    ort = max(float(np.abs(got_y - y64).max()), *(float(np.abs(g - e).max()) for g, e in zip(got_s, s64)))
+    mag = max(float(np.abs(y64).max()), *(float(np.abs(e).max()) for e in s64))
+    msg = (f"vs a float64 run, PyTorch float32 is off by {own:.2e} and ONNX Runtime by {ort:.2e} "
+           f"(values up to {mag:.2e})")
+    if own > tolerance and ort <= 4 * own:
+        msg += (": the graph is as exact as PyTorch itself, but this model's float32 rounding exceeds the "
+                "tolerance; accept it explicitly with --tolerance, or skip checks with --no-verify")
+    return msg
+
+
+def verify_fp32(path, model, task, contract: Contract, tolerance: float = TOL_FP32) -> ParityReport:
     """All fp32 checks on a written file; raises :class:`VerificationError` with the max error on failure."""
     check_file(path)
     proto = onnx.load(os.fspath(path))
     check_io(proto, contract)
-    rep = parity(session(path), model, task, contract)
+    rep = parity(session(path), model, task, contract, tolerance=tolerance)
     if not rep.ok:
         raise VerificationError("parity check failed: " + rep.summary())
     return rep
