@@ -21,13 +21,14 @@ DEFAULT_OPSET = 17  # mirrors onnx_export.DEFAULT_OPSET (checked by the tests) w
 @click.option("--batch", default="dynamic", show_default=True, metavar="dynamic|N",
               help="Dynamic batch axis, or a fixed batch size for runtimes that need static shapes.")
 @click.option("--quantize", type=click.Choice(["int8"]),
-              help="int8 weights (ONNX Runtime dynamic quantization), checked on the task metric.")
+              help="int8 readout (ONNX Runtime static quantization, calibrated on training data), checked on "
+                   "the task metric.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Skip the checks (ONNX checker, ONNX Runtime vs PyTorch parity, int8 accuracy).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Max absolute error allowed by the float32 parity check.")
 @click.option("--data-dir", type=click.Path(file_okay=False),
-              help="Data root for the int8 check of image tasks (default as for train).")
+              help="Data root for int8 calibration and check of image tasks (default as for train).")
 def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, tolerance, data_dir):
     """Export CHECKPOINT (a .pt file or a run directory) to the ONNX file OUT, then verify it.
 

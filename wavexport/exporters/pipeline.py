@@ -19,11 +19,11 @@ from ..training.checkpoint import atomic_write, load_checkpoint, model_from_chec
 from .contract import FORMATS, QUANT_NONE, STATE_INIT_ZEROS, BATCH_DIM, Contract, write_metadata
 from .errors import ExportError, VerificationError
 from .onnx_export import DEFAULT_OPSET, export_step_graph, parse_batch, parse_opset, sequence_from_step
-from .quantize import (QuantReport, check_int8, compare_int8, eval_data, eval_session, quantize_step_int8,
-                       time_per_step)
+from .quantize import (METHOD_NAMES, QuantReport, calibration_feeds, check_int8, compare_int8, eval_session,
+                       quant_data, quantize_step_int8, time_per_step)
 from .verify import TOL_FP32, ParityReport, check_file, check_io, parity, session, verify_fp32
 
-QUANTIZATIONS = {"int8": "int8-dynamic"}
+QUANTIZATIONS = {"int8": "static"}  # --quantize value -> quantize_step_int8 method (why: quantize.py)
 
 
 @dataclass
@@ -44,7 +44,8 @@ class ExportReport:
 
     def lines(self) -> list[str]:
         b = "dynamic" if self.batch is None else str(self.batch)
-        out = [f"exported {self.task}/{self.arch} {self.mode} graph ({self.quantization}), opset {self.opset}, "
+        weights = "float32" if self.quantization == QUANT_NONE else self.quantization
+        out = [f"exported {self.task}/{self.arch} {self.mode} graph ({weights}), opset {self.opset}, "
                f"batch {b} -> {self.path} ({self.size_bytes / 1024:.1f} KiB) in {self.export_seconds:.1f} s"]
         if self.parity is not None:
             out.append("verified: onnx.checker full_check ok; " + self.parity.summary())
@@ -89,14 +90,18 @@ def test_metrics(ckpt: dict) -> dict:
     return {k: v for k, v in m.items() if k.startswith("test_") or k in ("eval_limit", "solved_at")}
 
 
-def build_graphs(model, mode: str, opset: int, batch: int | None, quantize: str | None = None):
-    """(float32 graph, final graph): the final one is int8 when asked. A sequence graph wraps the step graph."""
+def build_graphs(model, mode: str, opset: int, batch: int | None, quantize: str | None = None,
+                 step_contract: Contract | None = None, calibration=None):
+    """(float32 graph, final graph): the final one is int8 when asked, calibrated on ``calibration`` sequences
+    (run through the float step graph, described by ``step_contract``). A sequence graph wraps the step graph."""
     step = export_step_graph(model, opset, batch)
     names = list(model.state_names)
     fp32 = sequence_from_step(step, names) if mode == "sequence" else step
     if not quantize:
         return fp32, fp32
-    q_step = quantize_step_int8(step)
+    method = QUANTIZATIONS[quantize]
+    feeds = calibration_feeds(step, step_contract, calibration) if method == "static" else None
+    q_step = quantize_step_int8(step, method=method, calibration=feeds)
     return fp32, (sequence_from_step(q_step, names) if mode == "sequence" else q_step)
 
 
@@ -122,11 +127,16 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
     contract = make_contract(model, task, mode, batch, metrics=test_metrics(ckpt),
                              source_sha256=file_sha256(ckpt["path"]), model_config=ckpt["model_config"],
                              arch=ckpt["model_config"].get("arch"))
-    fp32, final = build_graphs(model, mode, opset, batch, quantize)
+    calib = eval_xs = eval_y = None
+    if quantize:
+        log("loading calibration" + (" and test" if verify else "") + " data for int8 ...")
+        calib, eval_xs, eval_y = quant_data(task, ckpt, data_dir, evaluate=verify)
+    fp32, final = build_graphs(model, mode, opset, batch, quantize,
+                               step_contract=replace(contract, format=FORMATS["step"]), calibration=calib)
     write_metadata(fp32, contract)
     final_contract = contract
     if quantize:
-        final_contract = replace(contract, quantization=QUANTIZATIONS[quantize])
+        final_contract = replace(contract, quantization=METHOD_NAMES[QUANTIZATIONS[quantize]])
         write_metadata(final, final_contract)
     final.producer_name, final.producer_version = "wavexport", __version__
     rep = ExportReport(path=str(out), mode=mode, opset=opset, batch=batch, task=task.name, arch=contract.arch,
@@ -150,10 +160,9 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
             rep.parity = parity(session(fp32), model, task, contract, tolerance=tolerance)
             if not rep.parity.ok:
                 raise VerificationError("parity check of the float32 graph failed: " + rep.parity.summary())
-            xs, target = eval_data(task, ckpt, data_dir)
-            log(f"verifying int8 on the task metric: {len(xs)} test samples, int8 vs float32 ...")
+            log(f"verifying int8 on the task metric: {len(eval_xs)} test samples, int8 vs float32 ...")
             s32, s8 = eval_session(fp32), eval_session(tmp)
-            rep.quant = compare_int8(s32, s8, contract, final_contract, task, xs, target)
+            rep.quant = compare_int8(s32, s8, contract, final_contract, task, eval_xs, eval_y)
             rep.quant.fp32_bytes, rep.quant.int8_bytes = fp32.ByteSize(), os.path.getsize(tmp)
             rep.quant.fp32_step_us = time_per_step(session(fp32), contract)
             rep.quant.int8_step_us = time_per_step(session(tmp), final_contract)
