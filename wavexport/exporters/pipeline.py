@@ -46,7 +46,7 @@ class ExportReport:
         b = "dynamic" if self.batch is None else str(self.batch)
         weights = "float32" if self.quantization == QUANT_NONE else self.quantization
         out = [f"exported {self.task}/{self.arch} {self.mode} graph ({weights}), opset {self.opset}, "
-               f"batch {b} -> {self.path} ({self.size_bytes / 1024:.1f} KiB) in {self.export_seconds:.1f} s"]
+               f"batch {b} -> {self.path} ({self.size_bytes / 1024:.1f} KiB) in {self.export_seconds:.2f} s"]
         if self.parity is not None:
             out.append("verified: onnx.checker full_check ok; " + self.parity.summary())
         if self.quant is not None:
@@ -84,7 +84,7 @@ def make_contract(model, task, mode: str, batch: int | None, metrics: dict | Non
         quantization=quantization)
 
 
-def test_metrics(ckpt: dict) -> dict:
+def checkpoint_test_metrics(ckpt: dict) -> dict:
     """The checkpoint's test metrics (taken at its best validation point), and the size of that test set."""
     m = ckpt.get("metrics") or {}
     return {k: v for k, v in m.items() if k.startswith("test_") or k in ("eval_limit", "solved_at")}
@@ -124,7 +124,7 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
     model, task = model_from_checkpoint(ckpt)
-    contract = make_contract(model, task, mode, batch, metrics=test_metrics(ckpt),
+    contract = make_contract(model, task, mode, batch, metrics=checkpoint_test_metrics(ckpt),
                              source_sha256=file_sha256(ckpt["path"]), model_config=ckpt["model_config"],
                              arch=ckpt["model_config"].get("arch"))
     calib = eval_xs = eval_y = None

@@ -41,7 +41,7 @@ METHOD_NAMES = {"static": "int8-static", "dynamic": "int8-dynamic"}
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrite ``Gemm(A, W, b)`` with a constant W (alpha = beta = 1, A not transposed) as ``MatMul(A, W') + b``,
-    which the dynamic quantizer handles. Same values; W' is W transposed once here when ``transB`` is set."""
+    which ONNX Runtime's quantizers handle. Same values; W' is W transposed once here when ``transB`` is set."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -96,6 +96,10 @@ def quantize_step_int8(step: onnx.ModelProto, op_types=DEFAULT_OP_TYPES, method:
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
+    if method not in METHOD_NAMES:
+        raise ExportError(f"unknown int8 method {method!r} ({', '.join(METHOD_NAMES)})")
+    if method == "static" and not calibration:
+        raise ExportError("static int8 quantization needs calibration feeds")
     prepared = gemm_to_matmul(step)
     for i, n in enumerate(prepared.graph.node):  # nodes_to_exclude works by name
         if not n.name:
@@ -119,11 +123,11 @@ def quantize_step_int8(step: onnx.ModelProto, op_types=DEFAULT_OP_TYPES, method:
                     def get_next(self):
                         return next(self.it, None)
 
-                # MatMul outputs stay float: quantizing the logits too would only add rounding before the bias
+                # The MatMul output is quantized too: with it ORT fuses Q/DQ + MatMul into one QLinearMatMul;
+                # without it, it dequantizes the whole weight on every call (measured 4x slower than float32).
                 quantize_static(src, dst, Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
                                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                nodes_to_exclude=exclude,
-                                extra_options={"OpTypesToExcludeOutputQuantization": list(op_types)})
+                                nodes_to_exclude=exclude)
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"onnxruntime could not quantize the graph: {type(e).__name__}: {e}") from None
         finally:
