@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from .contract import (K_PERMUTATION, QUANT_NONE, ContractError, Contract, read_metadata)
+from .contract import BATCH_DIM, K_PERMUTATION, QUANT_NONE, Contract, ContractError, read_metadata
 from .errors import ExportError
 
 
@@ -108,8 +108,8 @@ def describe(path) -> dict:
 
 def _usage(c: Contract) -> list[str]:
     """How to call it, in words: the part of the contract that is not obvious from the tensor shapes."""
-    b = "batch" if c.batch is None else str(c.batch)
-    feed = (f"inputs: raw sample positions reordered by input.permutation (step t reads position permutation[t])"
+    b = BATCH_DIM if c.batch is None else str(c.batch)
+    feed = ("inputs: raw sample positions reordered by input.permutation (step t reads position permutation[t])"
             if c.permutation else "inputs: raw values in step order")
     shapes = ", ".join(f"{n} [{', '.join(map(str, c.state_shapes[n]))}]" for n in c.state_names)
     lines = [f"initial state: float32 {c.state_init}: {shapes}",

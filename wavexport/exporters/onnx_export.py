@@ -3,8 +3,9 @@ step graph as the body of a single ``Scan`` over time.
 
 Why two torch exporters: the dynamo exporter (torch's maintained path) emits opset 18 and up natively; asked for
 17 it converts down and leaves ``Split(num_outputs)`` (an opset-18 attribute) in the LSTM/GRU graphs, which the
-checker rejects. So 13-17 come from the TorchScript exporter, which emits them natively. Both trace the same ``model.step`` (the wRNN's circular padding is a Slice+Concat in the model
-code, so no ``Pad(mode=wrap)`` is needed), and every export is read back and checked for the opset asked for.
+checker rejects. So 13-17 come from the TorchScript exporter, which emits them natively. Both trace the same
+``model.step`` (the wRNN's circular padding is a Slice+Concat in the model code, so no ``Pad(mode=wrap)`` is
+needed), and every export is read back and checked for the opset asked for.
 
 Why the Scan is built here rather than traced: torch's scan export cannot emit opsets below 18, while a Scan written
 with ``onnx.helper`` around the verified step graph works at every opset from 13, keeps the time axis symbolic by
