@@ -88,10 +88,12 @@ def _int_list(ctx, param, value):
 @click.option("--eval-every", type=click.IntRange(1), help="Synthetic tasks: steps between evaluations.")
 @click.option("--eval-batch", type=click.IntRange(1), help="Synthetic tasks: size of the held-out batch.")
 @click.option("--checkpoint-every", type=click.IntRange(1), help="Also checkpoint every N steps.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch [default: torch's choice, one per "
+              "core]. 1 avoids stalls when other jobs share the cores.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter count; train nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (for logs).")
 @click.pass_context
-def train(ctx, task, arch, preset, out, resume, dry_run, quiet, **opts):
+def train(ctx, task, arch, preset, out, resume, threads, dry_run, quiet, **opts):
     """Train ARCH on TASK; writes checkpoint.pt, best.pt and metrics.jsonl to the run directory.
 
     \b
@@ -118,6 +120,10 @@ def train(ctx, task, arch, preset, out, resume, dry_run, quiet, **opts):
                                "parameters": n_params, "out": str(out)}, indent=2))
         click.echo(f"{task}/{arch}: {n_params:,} parameters")
         return
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     explicit = {k: v for k, v in {**opts, "arch": arch, "preset": preset}.items()
                 if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     trainer = Trainer(cfg, out, resume=resume, quiet=quiet, resume_overrides=explicit)
