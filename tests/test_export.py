@@ -11,10 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
-from wavexport.cli import main
 from wavexport.exporters import commands, onnx_export, pipeline, quantize
 from wavexport.exporters.contract import read_contract
 from wavexport.exporters.inspect import count_parameters
@@ -23,24 +21,14 @@ from wavexport.models.registry import ArchSpec
 from wavexport.tasks import load_mnist, make_task
 from wavexport.training import load_checkpoint, model_from_checkpoint, save_checkpoint
 
+from cli_helpers import assert_one_line_error, cli
+
 TOL = 1e-4
 LATEST_OPSET = 21
 # The issue's list, written out here rather than imported, so a key dropped from the code fails this test.
 ISSUE_KEYS = ["wavexport.format", "wavexport.version", "task", "arch", "model.config", "state.names", "state.shapes",
               "state.init", "input.size", "output.size", "output.kind", "task.seq_len", "task.readout",
               "input.permutation", "input.scale", "metrics", "source.sha256"]
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(r, *needles, code=2):
-    assert r.exit_code == code, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    for n in needles:
-        assert n in lines[0], r.output
 
 
 def size_of(arch):

@@ -5,9 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from wavexport.cli import main
 from wavexport.models import WaveRNN, build_model, resolve_config
 from wavexport.plot import (PlotError, TorchSource, channel_speeds, input_events, load_input, open_source,
                             parse_channels, task_sequence, wave_speed)
@@ -15,17 +13,7 @@ from wavexport.tasks import SequentialMNIST, load_mnist, make_task
 from wavexport.training import save_checkpoint
 from wavexport.training.trainer import HELD_OUT_SEEDS
 
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    for n in needles:
-        assert n in lines[0], r.output
+from cli_helpers import assert_one_line_error, cli
 
 
 def default_size(arch):

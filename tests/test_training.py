@@ -6,17 +6,13 @@ import time
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from wavexport.cli import main
 from wavexport.training import Trainer, load_checkpoint, make_config
+
+from cli_helpers import assert_one_line_error, cli
 
 TINY_COPY = ["copy", "--seq", "5", "--channels", "3", "--ring", "12", "--batch-size", "16", "--eval-batch", "64"]
 TINY_MNIST = ["--channels", "2", "--ring", "8", "--batch-size", "32", "--limit", "256", "--eval-limit", "200"]
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def read_log(run):
@@ -108,38 +104,30 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert load_checkpoint(run / "checkpoint.pt")["progress"]["step"] == step + 3
 
 
-def _one_line_error(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    for n in needles:
-        assert n in lines[0], r.output
-
-
 def test_clear_errors(tmp_path, data_dir):
-    _one_line_error(cli("train", "psmnist", "--data-dir", tmp_path / "empty", "--out", tmp_path / "x", "--quiet"),
+    assert_one_line_error(cli("train", "psmnist", "--data-dir", tmp_path / "empty", "--out", tmp_path / "x", "--quiet"),
                     "MNIST not found", "train-images-idx3-ubyte.gz")
     corrupt = tmp_path / "corrupt"
     (corrupt / "MNIST" / "raw").mkdir(parents=True)
     for f in (data_dir / "MNIST" / "raw").glob("*.gz"):
         (corrupt / "MNIST" / "raw" / f.name).write_bytes(f.read_bytes())
     (corrupt / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
-    _one_line_error(cli("train", "smnist", "--data-dir", corrupt, "--out", tmp_path / "y", "--quiet"), "corrupt")
-    _one_line_error(cli("eval", tmp_path / "missing.pt"), "no such file")
+    assert_one_line_error(cli("train", "smnist", "--data-dir", corrupt, "--out", tmp_path / "y", "--quiet"), "corrupt")
+    assert_one_line_error(cli("eval", tmp_path / "missing.pt"), "no such file")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    _one_line_error(cli("eval", tmp_path / "junk.pt"), "not a readable checkpoint")
+    assert_one_line_error(cli("eval", tmp_path / "junk.pt"), "not a readable checkpoint")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    _one_line_error(cli("eval", tmp_path / "other.pt"), "not a wavexport checkpoint")
-    _one_line_error(cli("train", "copy", "--arch", "irnn", "--channels", "4", "--dry-run"), "does not apply")
+    assert_one_line_error(cli("eval", tmp_path / "other.pt"), "not a wavexport checkpoint")
+    assert_one_line_error(cli("train", "copy", "--arch", "irnn", "--channels", "4", "--dry-run"), "does not apply")
 
 
 def test_existing_run_is_not_clobbered_and_resume_checks_the_task(tmp_path):
     run = tmp_path / "run"
     assert cli("train", *TINY_COPY, "--steps", "3", "--eval-every", "3", "--out", run, "-q").exit_code == 0
     before = (run / "checkpoint.pt").read_bytes()
-    _one_line_error(cli("train", *TINY_COPY, "--steps", "3", "--out", run, "-q"), "already holds a run")
-    _one_line_error(cli("train", "adding", "--out", run, "--resume", "-q"), "copy")
-    _one_line_error(cli("train", *TINY_COPY, "--out", run, "--resume", "--lr", "0.5", "-q"), "cannot change lr")
+    assert_one_line_error(cli("train", *TINY_COPY, "--steps", "3", "--out", run, "-q"), "already holds a run")
+    assert_one_line_error(cli("train", "adding", "--out", run, "--resume", "-q"), "copy")
+    assert_one_line_error(cli("train", *TINY_COPY, "--out", run, "--resume", "--lr", "0.5", "-q"), "cannot change lr")
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
