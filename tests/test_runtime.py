@@ -237,6 +237,17 @@ def test_eval_of_the_onnx_file_equals_the_checkpoint(psmnist):
     assert abs(from_onnx["loss"] - from_ckpt["loss"]) < 1e-4
 
 
+def test_eval_of_a_fixed_batch_export(psmnist, tmp_path):
+    export_checkpoint(psmnist["ckpt"], tmp_path / "b4.onnx", batch=4, verify=False)
+    assert read_contract(tmp_path / "b4.onnx").batch == 4
+    runner = CliRunner()
+    args = ["--data-dir", str(psmnist["data"]), "--limit", "10", "--json"]  # 10 = 4 + 4 + 2 padded to 4
+    fixed = json.loads(runner.invoke(main, ["eval", str(tmp_path / "b4.onnx"), *args]).output)
+    dynamic = json.loads(runner.invoke(main, ["eval", str(psmnist["step"]), *args]).output)
+    assert fixed["n"] == 10 and fixed["acc"] == dynamic["acc"]
+    assert abs(fixed["loss"] - dynamic["loss"]) < 1e-5
+
+
 def test_bench_reports_both_runtimes(lstm_copy):
     r = CliRunner().invoke(main, ["bench", str(lstm_copy["step"]), "--batch", "1,3", "--steps", "50", "--json"])
     assert r.exit_code == 0, r.output

@@ -162,7 +162,7 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
                 raise VerificationError("parity check of the float32 graph failed: " + rep.parity.summary())
             log(f"verifying int8 on the task metric: {len(eval_xs)} test samples, int8 vs float32 ...")
             s32, s8 = eval_session(fp32), eval_session(tmp)
-            rep.quant = compare_int8(s32, s8, contract, final_contract, task, eval_xs, eval_y)
+            rep.quant = compare_int8(s32, s8, task, eval_xs, eval_y)
             rep.quant.fp32_bytes, rep.quant.int8_bytes = fp32.ByteSize(), os.path.getsize(tmp)
             rep.quant.fp32_step_us = time_per_step(session(fp32), contract)
             rep.quant.int8_step_us = time_per_step(session(tmp), final_contract)

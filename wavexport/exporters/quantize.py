@@ -196,23 +196,6 @@ def calibration_feeds(step: onnx.ModelProto, contract: Contract, xs: torch.Tenso
     return feeds
 
 
-def onnx_metrics(sess, contract: Contract, task, xs: torch.Tensor, target: torch.Tensor, batch: int = 500) -> dict:
-    """The task's own metrics (means) of an exported model run by ONNX Runtime."""
-    keep_all = contract.readout != "last"
-    fixed = contract.batch
-    batch = fixed or batch
-    totals: dict[str, float] = {}
-    for i in range(0, len(xs), batch):
-        chunk = xs[i:i + batch].numpy()
-        n = len(chunk)
-        if fixed is not None and n < fixed:  # a fixed-batch graph: pad the last chunk, drop the padding's outputs
-            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-        ys, _ = ort_chain(sess, contract, chunk, keep_all=keep_all)
-        for k, v in task.metrics(torch.from_numpy(ys[:n]), target[i:i + batch]).items():
-            totals[k] = totals.get(k, 0.0) + v
-    return {k: v / len(xs) for k, v in totals.items()}
-
-
 @dataclass
 class QuantReport:
     metric: str
@@ -253,12 +236,13 @@ class QuantReport:
         return s
 
 
-def compare_int8(fp32_sess, int8_sess, contract_fp32: Contract, contract_int8: Contract, task, xs, target
-                 ) -> QuantReport:
+def compare_int8(fp32_sess, int8_sess, task, xs, target) -> QuantReport:
     """Task metric of int8 vs float32 on the same samples; the tolerance is 0.5 accuracy points for
     classification by image, else a relative rise of the loss."""
-    m32 = onnx_metrics(fp32_sess, contract_fp32, task, xs, target)
-    m8 = onnx_metrics(int8_sess, contract_int8, task, xs, target)
+    from ..runtime.evaluate import evaluate_streamer
+
+    m32 = evaluate_streamer(fp32_sess, xs.numpy(), target, task=task)
+    m8 = evaluate_streamer(int8_sess, xs.numpy(), target, task=task)
     if getattr(task, "primary_metric", "loss") == "acc":
         key, allowed = "acc", MAX_ACC_DROP
     else:
@@ -294,5 +278,8 @@ def time_per_step(sess, contract: Contract, steps: int = 300, repeats: int = 3) 
 
 
 def eval_session(model):
-    """One thread, as everywhere in verification: predictable on shared cores, and the per-step tensors are small."""
-    return session(model, threads=1)
+    """The streaming runtime's session (a path or a ModelProto), one thread as everywhere in verification:
+    predictable on shared cores, and the per-step tensors are small."""
+    from ..runtime.session import StreamingSession
+
+    return StreamingSession(model, threads=1)

@@ -36,16 +36,23 @@ def task_samples(c: Contract, n: int, data_dir=None, seed: int = 0, offset: int 
     return xs[offset:].numpy(), y[offset:]
 
 
-def evaluate_streamer(streamer, xs: np.ndarray, target: torch.Tensor, batch_size: int = 500, progress=None) -> dict:
-    """Mean task metrics of a streamer (ONNX or torch) over prepared inputs, fed in batches of whole sequences."""
-    task = task_from_contract(streamer.contract)
+def evaluate_streamer(streamer, xs: np.ndarray, target: torch.Tensor, batch_size: int = 500, progress=None,
+                      task=None) -> dict:
+    """Mean task metrics of a streamer (ONNX or torch) over prepared inputs, fed in batches of whole sequences.
+    A model exported with a fixed batch is fed in chunks of that batch, the last one padded with zeros."""
+    task = task or task_from_contract(streamer.contract)
+    fixed = streamer.contract.batch
+    batch_size = fixed or batch_size
     totals: dict[str, float] = {}
     for i in range(0, len(xs), batch_size):
-        chunk = xs[i:i + batch_size]
+        chunk = np.asarray(xs[i:i + batch_size], dtype=np.float32)
+        n = len(chunk)
+        if fixed is not None and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
         streamer.reset(len(chunk))
-        ys = torch.from_numpy(streamer.feed(chunk))
+        ys = torch.from_numpy(streamer.feed(chunk)[:n])
         for k, v in task.metrics(ys, target[i:i + batch_size]).items():
             totals[k] = totals.get(k, 0.0) + v
         if progress is not None:
-            progress(len(chunk))
+            progress(n)
     return {k: v / max(len(xs), 1) for k, v in totals.items()}

@@ -158,17 +158,21 @@ class StreamingSession(_Streamer):
     allocates nothing; on the CUDA provider the buffers live on the GPU and only x and y cross to the host.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence | None = None, threads: int = 1):
+    def __init__(self, model, providers: Sequence | None = None, threads: int = 1):
+        """``model``: a path, or an in-memory ``onnx.ModelProto`` (the exporter checks graphs before writing them)."""
         super().__init__()
         import onnxruntime as ort
 
-        self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise StreamError(f"{self.path}: no such file")
-        self.contract = read_contract(self.path)
+        if isinstance(model, (str, os.PathLike)):
+            self.path = source = os.fspath(model)
+            if not os.path.exists(self.path):
+                raise StreamError(f"{self.path}: no such file")
+        else:
+            self.path, source = "<in-memory model>", model.SerializeToString()
+        self.contract = read_contract(model)
         self._ort = ort
         try:
-            self.session = ort.InferenceSession(self.path, streaming_session_options(threads),
+            self.session = ort.InferenceSession(source, streaming_session_options(threads),
                                                 providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for bad graphs/providers
             raise StreamError(f"{self.path}: ONNX Runtime cannot load it ({str(e)[:200]})") from None
