@@ -103,7 +103,9 @@ def test_export_and_chained_parity(ckpts, tmp_path, arch, mode, opset):
         assert dims["xs"] == ["batch", "T", task.n_in]
     else:
         assert dims["x"] == ["batch", task.n_in]
-    assert dims[names[0]] == ["batch", *model.state_shape()]
+    outs = io_dims(proto.graph.output)
+    for n in names:  # the next state is declared with the state's own sizes, for callers that read the graph
+        assert dims[n] == outs[n + "_next"] == ["batch", *model.state_shape()]
     # every weight is in the file; iRNN/LSTM encode() adds b_ih + b_hh, which the exporter folds into one bias
     folded = model.rnn.bias_hh_l0.numel() if arch in ("irnn", "irnn-shift", "lstm") else 0
     assert count_parameters(proto)["total"] == model.num_parameters() - folded

@@ -31,7 +31,7 @@ def test_quick_copy_run_lowers_the_loss(tmp_path):
     assert not list((tmp_path / "run").glob("*.tmp"))  # atomic writes leave no temp files
 
 
-def test_psmnist_end_to_end_on_real_mnist_and_eval_reads_it_back(tmp_path, data_dir):
+def test_psmnist_end_to_end_on_real_mnist_and_eval_reads_it_back(tmp_path, data_dir, monkeypatch):
     run = tmp_path / "ps"
     r = cli("train", "psmnist", *TINY_MNIST, "--steps", "4", "--data-dir", data_dir, "--out", run, "--quiet")
     assert r.exit_code == 0, r.output
@@ -45,6 +45,11 @@ def test_psmnist_end_to_end_on_real_mnist_and_eval_reads_it_back(tmp_path, data_
     assert 0 <= got["acc"] <= 1
     r = cli("eval", run, "--split", "valid", "--data-dir", data_dir, "--limit", "200")
     assert r.exit_code == 0 and "psmnist/wrnn valid (200 samples): acc" in r.output
+    # the run records where it found the data: eval needs neither --data-dir nor $WAVEXPORT_DATA
+    assert best["train_config"]["data_dir"] == str(data_dir.resolve())
+    monkeypatch.delenv("WAVEXPORT_DATA", raising=False)
+    r = cli("eval", run, "--limit", "200", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["acc"] == got["acc"]
 
 
 def _weights(run):

@@ -23,7 +23,8 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from .contract import (BATCH_DIM, SEQ_INPUT, SEQ_OUTPUT, STEP_INPUT, STEP_OUTPUT, TIME_DIM, next_name)
+from .contract import (BATCH_DIM, NEXT_SUFFIX, SEQ_INPUT, SEQ_OUTPUT, STEP_INPUT, STEP_OUTPUT, TIME_DIM,
+                       next_name)
 from .errors import ExportError
 
 SUPPORTED_OPSETS = tuple(range(13, 22))
@@ -168,6 +169,11 @@ def _normalise_io(proto: onnx.ModelProto, in_names, out_names, batch) -> None:
     if got_in != list(in_names) or got_out != list(out_names):
         raise ExportError(f"exported graph has inputs {got_in} and outputs {got_out}, expected {list(in_names)} "
                           f"and {list(out_names)}")
+    inputs = {v.name: v for v in g.input}
+    for v in g.output:  # the legacy exporter may leave symbolic sizes on the next state: it has its input's shape
+        src = inputs.get(v.name[: -len(NEXT_SUFFIX)]) if v.name.endswith(NEXT_SUFFIX) else None
+        if src is not None:
+            v.type.tensor_type.shape.CopyFrom(src.type.tensor_type.shape)
     for v in [*g.input, *g.output]:
         t = v.type.tensor_type
         if t.elem_type != TensorProto.FLOAT:

@@ -23,6 +23,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from ..tasks import resolve_data_dir
 from .contract import Contract
 from .errors import ExportError, VerificationError
 from .verify import ort_chain, session
@@ -160,7 +161,7 @@ def quant_data(task, ckpt: dict, data_dir=None, n_eval: int = QUANT_EVAL_SAMPLES
             return calib, None, None
         xs, y = task.sample(n_eval, test_gen)
         return calib, xs.float(), y
-    data_dir = data_dir or os.environ.get("WAVEXPORT_DATA") or cfg.data_dir
+    data_dir = resolve_data_dir(data_dir, cfg.data_dir)
     splits = load_eval_splits(task, data_dir, cfg.seed, limit=n_eval)
     calib = task.inputs(splits["train"].x[:n_calib], calib_gen).float()
     if not evaluate:

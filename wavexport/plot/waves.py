@@ -136,7 +136,7 @@ def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndar
     sequence eval uses (indices past the evaluation batch continue the same stream). Image tasks: test image i;
     the nsCIFAR10 noise comes from the test seed, so it is fixed but not the noise eval drew for that image.
     """
-    from ..tasks import DatasetTask, SyntheticTask
+    from ..tasks import DatasetTask, SyntheticTask, resolve_data_dir
     from ..training.trainer import HELD_OUT_SEEDS, load_eval_splits
 
     task, cfg = source.task, source.train_config
@@ -155,7 +155,7 @@ def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndar
                 return xs[index - pos].numpy()
             pos += size
     if isinstance(task, DatasetTask):
-        data_dir = data_dir or os.environ.get("WAVEXPORT_DATA") or cfg.get("data_dir")
+        data_dir = resolve_data_dir(data_dir, cfg.get("data_dir"))
         test = load_eval_splits(task, data_dir, seed)["test"]
         if index >= len(test):
             raise PlotError(f"--task-sample {index}: the {task.name} test set has {len(test)} examples")

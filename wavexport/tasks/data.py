@@ -44,12 +44,13 @@ def default_data_dir() -> Path:
     return Path(cache) / "wavexport"
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """``--data-dir``, else ``$WAVEXPORT_DATA``, else the user cache directory."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    env = os.environ.get("WAVEXPORT_DATA")
-    return Path(env).expanduser() if env else default_data_dir()
+def resolve_data_dir(data_dir: str | os.PathLike | None = None, recorded: str | None = None) -> Path:
+    """``--data-dir``, else ``$WAVEXPORT_DATA``, else ``recorded`` (where a run found its data), else the user
+    cache directory."""
+    for d in (data_dir, os.environ.get("WAVEXPORT_DATA"), recorded):
+        if d:
+            return Path(d).expanduser()
+    return default_data_dir()
 
 
 def downloads_allowed() -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -119,6 +118,8 @@ class Trainer:
         self.last_eval: dict = {}
         self.splits: dict[str, Split] = {}
         if isinstance(self.task, DatasetTask):
+            # Record where the data was found, so eval and export of this run find it without --data-dir.
+            cfg.data_dir = str(resolve_data_dir(cfg.data_dir).resolve())
             self.splits = load_eval_splits(self.task, cfg.data_dir, cfg.seed, cfg.eval_limit)
             if cfg.limit:
                 tr = self.splits["train"]
@@ -366,8 +367,7 @@ def evaluate_checkpoint(ckpt: dict, split: str = "test", data_dir=None, limit: i
     model.to(dev)
     seed = cfg.seed + HELD_OUT_SEEDS[split]
     if isinstance(task, DatasetTask):
-        data_dir = data_dir or os.environ.get("WAVEXPORT_DATA") or cfg.data_dir
-        data = load_eval_splits(task, data_dir, cfg.seed, limit)[split]
+        data = load_eval_splits(task, resolve_data_dir(data_dir, cfg.data_dir), cfg.seed, limit)[split]
         metrics = evaluate_split(model, task, data, dev, seed=seed, progress=progress)
         n = len(data)
     else:
