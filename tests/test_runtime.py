@@ -201,6 +201,24 @@ def test_stream_flushes_each_line_to_a_waiting_consumer(lstm_copy):
         p.kill()
 
 
+def test_a_consumer_that_goes_away_ends_the_stream_quietly(lstm_copy):
+    """`... | wavexport run --stream | head -1`: no traceback, no 'Exception ignored' noise."""
+    p = subprocess.Popen([sys.executable, "-m", "wavexport.cli", "run", str(lstm_copy["step"]), "--stream"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = " ".join(["0.25"] * 10) + "\n"
+    p.stdin.write(line)
+    p.stdin.flush()
+    assert json.loads(p.stdout.readline())["step"] == 0
+    p.stdout.close()  # the consumer is gone
+    try:
+        p.stdin.write(line * 2000)
+        p.stdin.close()
+    except BrokenPipeError:  # the stream already stopped reading: that is what we want
+        pass
+    assert p.wait(timeout=60) == 0
+    assert p.stderr.read() == ""
+
+
 def test_batched_run_from_npy(tmp_path, psmnist):
     rng = np.random.default_rng(2)
     xs = rng.random((3, 784, 1), dtype=np.float32)

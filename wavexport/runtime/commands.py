@@ -166,8 +166,8 @@ def run_cmd(model, stream_mode, input_path, output_path, raw, every, final, rese
         try:
             stream(sess, sys.stdin, sys.stdout, every, final, reset_on_blank, skip_bad,
                    c.input_scale if raw else None)
-        except BrokenPipeError:  # the consumer went away: stop quietly
-            sys.stderr.close()
+        except BrokenPipeError:  # the consumer went away: stop quietly (Python's documented recipe: point stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # at devnull so exit's flush is silent)
         return
     try:
         xs = np.load(input_path, allow_pickle=False)
