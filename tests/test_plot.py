@@ -137,12 +137,25 @@ def test_irnn_shift_units_read_as_a_ring_move_one_unit_per_step():
 
 # --- inputs, events, sequences -----------------------------------------------------------------------------------
 def test_task_sample_is_the_sequence_eval_scores(tmp_path):
+    from wavexport.training.trainer import evaluate_synthetic
+
     src = open_source(make_checkpoint(tmp_path / "c.pt", task="adding", seq=20))
-    gen = torch.Generator().manual_seed(0 + HELD_OUT_SEEDS["test"])
-    first = src.task.sample(64, gen)[0]  # evaluate_synthetic's draw for eval_batch 64
-    later = src.task.sample(500, gen)[0]  # indices past the evaluation continue the same stream
-    np.testing.assert_array_equal(task_sequence(src, 5), first[5].numpy())
-    np.testing.assert_array_equal(task_sequence(src, 70), later[70 - 64].numpy())
+    seen = []
+
+    class Recorder(torch.nn.Module):  # captures exactly what the evaluation feeds the model
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, xs, **kw):
+            seen.append(xs)
+            return self.model(xs, **kw)
+
+    evaluate_synthetic(Recorder(src.model), src.task, 600, 0 + HELD_OUT_SEEDS["test"], "cpu")
+    evaluated = torch.cat(seen)
+    assert len(evaluated) == 600
+    for i in (0, 5, 499, 550):
+        np.testing.assert_array_equal(task_sequence(src, i), evaluated[i].numpy())
 
 
 def test_events_read_from_the_input():

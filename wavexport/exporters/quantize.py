@@ -150,7 +150,7 @@ def quant_data(task, ckpt: dict, data_dir=None, n_eval: int = QUANT_EVAL_SAMPLES
     needed). Synthetic tasks: a calibration draw, and the run's held-out test draw. Eval is None if not ``evaluate``.
     """
     from ..training.config import TrainConfig
-    from ..training.trainer import HELD_OUT_SEEDS, load_eval_splits
+    from ..training.trainer import HELD_OUT_SEEDS, held_out, load_eval_splits
 
     cfg = TrainConfig.from_dict(ckpt.get("train_config") or {"task": task.name})
     test_gen = torch.Generator().manual_seed(cfg.seed + HELD_OUT_SEEDS["test"])
@@ -159,8 +159,8 @@ def quant_data(task, ckpt: dict, data_dir=None, n_eval: int = QUANT_EVAL_SAMPLES
         calib = task.sample(n_calib, calib_gen)[0].float()
         if not evaluate:
             return calib, None, None
-        xs, y = task.sample(n_eval, test_gen)
-        return calib, xs.float(), y
+        xs, y = zip(*held_out(task, cfg.seed + HELD_OUT_SEEDS["test"], 0, n_eval))
+        return calib, torch.cat(xs).float(), torch.cat(y)
     data_dir = resolve_data_dir(data_dir, cfg.data_dir)
     splits = load_eval_splits(task, data_dir, cfg.seed, limit=n_eval)
     calib = task.inputs(splits["train"].x[:n_calib], calib_gen).float()
@@ -242,8 +242,9 @@ def compare_int8(fp32_sess, int8_sess, task, xs, target) -> QuantReport:
     classification by image, else a relative rise of the loss."""
     from ..runtime.evaluate import evaluate_streamer
 
-    m32 = evaluate_streamer(fp32_sess, xs.numpy(), target, task=task)
-    m8 = evaluate_streamer(int8_sess, xs.numpy(), target, task=task)
+    batches = [(xs[i:i + 500].numpy(), target[i:i + 500]) for i in range(0, len(xs), 500)]
+    m32 = evaluate_streamer(fp32_sess, batches, task=task)
+    m8 = evaluate_streamer(int8_sess, batches, task=task)
     if getattr(task, "primary_metric", "loss") == "acc":
         key, allowed = "acc", MAX_ACC_DROP
     else:

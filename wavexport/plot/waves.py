@@ -16,7 +16,6 @@ import torch
 
 from ..errors import WavexportError
 
-MAX_TASK_SAMPLE = 100_000  # synthetic test sequences are drawn in order: bound the work a typo can ask for
 
 
 class PlotError(WavexportError):
@@ -132,28 +131,23 @@ def describe_model(model_config: dict) -> str:
 def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndarray:
     """Sequence ``index`` [T, n_in] of the held-out test set that ``wavexport eval`` scores for this run.
 
-    Synthetic tasks: drawn from the run's test seed in the same batches as the evaluation, so index i is the i-th
-    sequence eval uses (indices past the evaluation batch continue the same stream). Image tasks: test image i;
+    Synthetic tasks: sample i of the run's held-out test stream (``training.trainer.held_out``), the i-th sequence
+    eval uses (indices past the evaluation set continue the same stream). Image tasks: test image i;
     the nsCIFAR10 noise comes from the test seed, so it is fixed but not the noise eval drew for that image.
     """
     from ..tasks import DatasetTask, SyntheticTask, resolve_data_dir
-    from ..training.trainer import HELD_OUT_SEEDS, load_eval_splits
+    from ..training.trainer import HELD_OUT_SEEDS, MAX_HELD_OUT, held_out, load_eval_splits
 
     task, cfg = source.task, source.train_config
     if task is None:
         raise PlotError(f"{source.path}: no task is recorded with this model; give a sequence with --input")
-    if index < 0 or index >= MAX_TASK_SAMPLE:
-        raise PlotError(f"--task-sample must be in 0..{MAX_TASK_SAMPLE - 1}, got {index}")
+    if index < 0 or index >= MAX_HELD_OUT:
+        raise PlotError(f"--task-sample must be in 0..{MAX_HELD_OUT - 1}, got {index}")
     seed = int(cfg.get("seed", 0))
-    gen = torch.Generator().manual_seed(seed + HELD_OUT_SEEDS["test"])
     if isinstance(task, SyntheticTask):
-        n_eval, pos = int(cfg.get("eval_batch", 1000)), 0
-        while True:
-            size = min(500, n_eval - pos) if pos < n_eval else 500  # evaluate_synthetic's batches, then more
-            xs, _ = task.sample(size, gen)
-            if index < pos + size:
-                return xs[index - pos].numpy()
-            pos += size
+        xs, _ = next(held_out(task, seed + HELD_OUT_SEEDS["test"], index, 1))
+        return xs[0].numpy()
+    gen = torch.Generator().manual_seed(seed + HELD_OUT_SEEDS["test"])
     if isinstance(task, DatasetTask):
         data_dir = resolve_data_dir(data_dir, cfg.get("data_dir"))
         test = load_eval_splits(task, data_dir, seed)["test"]

@@ -212,11 +212,14 @@ def sample_cmd(model, index, data_dir, seed):
     The permutation and scaling of the model's metadata are applied; the label goes to stderr.
     """
     from ..exporters.contract import read_contract
-    from .evaluate import task_samples
+    from ..training.trainer import MAX_HELD_OUT
+    from .evaluate import task_batches
 
     c = read_contract(model)
-    xs, y = task_samples(c, 1, data_dir, seed, offset=index)
-    if len(xs) == 0:
+    if index >= MAX_HELD_OUT:
+        raise StreamInputError(f"--index must be below {MAX_HELD_OUT}")
+    xs, y = next(task_batches(c, 1, data_dir, seed, offset=index), (None, None))
+    if xs is None:
         raise StreamInputError(f"--index {index} is past the end of the test set")
     out = sys.stdout
     for row in xs[0]:
@@ -228,16 +231,14 @@ def sample_cmd(model, index, data_dir, seed):
 def eval_onnx(path, split, data_dir, limit, provider, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from .evaluate import evaluate_streamer, task_samples
+    from .evaluate import evaluate_streamer, task_batches
 
     if split != "test":
         raise StreamInputError("an exported model carries no validation split: use --split test")
     sess = _session(path, providers=_providers(provider))
     n = limit or (10_000 if sess.contract.task in ("smnist", "psmnist", "nscifar10") else 1000)
-    xs, target = task_samples(sess.contract, n, data_dir)
-    with tqdm(total=len(xs), desc="eval (onnx)", unit="seq", disable=not progress, leave=False) as bar:
-        metrics = evaluate_streamer(sess, xs, target, progress=bar.update)
-    return {**metrics, "n": len(xs)}
+    with tqdm(total=n, desc="eval (onnx)", unit="seq", disable=not progress, leave=False) as bar:
+        return evaluate_streamer(sess, task_batches(sess.contract, n, data_dir), progress=bar.update)
 
 
 # --- bench -------------------------------------------------------------------------------------------------------

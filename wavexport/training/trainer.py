@@ -55,14 +55,31 @@ def evaluate_split(model, task: DatasetTask, split: Split, device, batch_size: i
     return {k: v / max(n, 1) for k, v in totals.items()}
 
 
-@torch.no_grad()
-def evaluate_synthetic(model, task: SyntheticTask, n: int, seed: int, device, batch_size: int = 500):
-    """Mean metrics on ``n`` samples drawn from ``seed``: the same held-out set at every evaluation."""
-    model.eval()
+HELD_OUT_BLOCK = 500  # a synthetic held-out stream is drawn in blocks of this size, whatever is asked of it
+MAX_HELD_OUT = 100_000  # the stream is drawn in order: bound the work an index typo can ask for
+
+
+def held_out(task: SyntheticTask, seed: int, start: int = 0, n: int = 1):
+    """Samples ``start .. start+n-1`` of the fixed held-out stream drawn from ``seed``, in chunks of at most
+    ``HELD_OUT_BLOCK``: (xs, targets) pairs. Sample i is the same whoever asks and however many they ask for, so
+    ``eval``, ``sample --index``, ``plot --task-sample`` and the int8 check all see the same sequences."""
     gen = torch.Generator().manual_seed(seed)
+    pos, end = 0, start + n
+    while pos < end:
+        xs, y = task.sample(HELD_OUT_BLOCK, gen)
+        lo, hi = max(start - pos, 0), min(end - pos, HELD_OUT_BLOCK)
+        if lo < hi:
+            yield xs[lo:hi], y[lo:hi]
+        pos += HELD_OUT_BLOCK
+
+
+@torch.no_grad()
+def evaluate_synthetic(model, task: SyntheticTask, n: int, seed: int, device):
+    """Mean metrics on the first ``n`` samples of the held-out stream of ``seed``: the same set at every
+    evaluation."""
+    model.eval()
     totals: dict[str, float] = {}
-    for i in range(0, n, batch_size):
-        xs, y = task.sample(min(batch_size, n - i), gen)
+    for xs, y in held_out(task, seed, 0, n):
         ys, _ = model(xs.to(device), last_only=task.last_only)
         for k, v in task.metrics(ys, y.to(device)).items():
             totals[k] = totals.get(k, 0.0) + v
