@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from wavexport.errors import InputError
 from wavexport.models import WaveRNN, build_model, resolve_config
 from wavexport.plot import (PlotError, TorchSource, channel_speeds, input_events, load_input, open_source,
                             parse_channels, task_sequence, wave_speed)
@@ -184,7 +185,7 @@ def test_load_input_accepts_the_documented_shapes_and_rejects_others(tmp_path):
     with pytest.raises(PlotError, match="NaN"):
         load_input(tmp_path / "nan.npy", 2)
     np.savez(tmp_path / "z.npz", a=seq)
-    with pytest.raises(PlotError, match="npz"):
+    with pytest.raises(InputError, match="npz"):  # from the shared .npy reader
         load_input(tmp_path / "z.npz", 2)
 
 

@@ -176,10 +176,14 @@ def test_malformed_lines(lstm_copy):
     assert "line 3: expected 10 values, got 3" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stdout.splitlines()) == 2  # what came before the bad line was already written
     for bad, why in [("[1, 2", "bad JSON"), ("0.1 x " + " ".join(["1"] * 8), "not a number"),
-                     (" ".join(["nan"] * 10), "NaN")]:
+                     (" ".join(["nan"] * 10), "NaN"), ("1e39 " + " ".join(["0"] * 9), "float32 range"),
+                     ("[" + ", ".join(["1" + "0" * 400] * 10) + "]", "infinite")]:
         r = run_stream(model, bad + "\n")
         assert r.returncode == 2 and why in r.stderr, r.stderr
     r = run_stream(model, f"{good}\nbogus\n{good}\n", "--skip-bad")
+    assert r.returncode == 0
+    assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [0, 1]
+    r = run_stream(model, f"{good}\n1e39 " + " ".join(["0"] * 9) + f"\n{good}\n", "--skip-bad")
     assert r.returncode == 0
     assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [0, 1]
     assert json.loads(r.stderr.strip().splitlines()[-1])["line"] == 2
@@ -242,6 +246,11 @@ def test_batched_run_from_npy(tmp_path, psmnist):
     assert json.loads(r.output)["pred"] == ref.feed(task_xs)[:, -1].argmax(-1).tolist()
     r = CliRunner().invoke(main, ["run", str(psmnist["step"]), "--input", str(tmp_path / "raw.npy")])
     assert r.exit_code == 2 and "needs --raw" in r.output
+    np.savez(tmp_path / "two.npz", a=xs, b=xs)
+    np.save(tmp_path / "empty.npy", np.zeros((1, 0, 1), np.float32))
+    for f, why in [("two.npz", "several arrays"), ("empty.npy", "T at least 1"), ("nope.npy", "no such file")]:
+        r = CliRunner().invoke(main, ["run", str(psmnist["step"]), "--input", str(tmp_path / f)])
+        assert r.exit_code == 2 and r.output.startswith("error: ") and why in r.output, r.output
 
 
 def test_eval_of_the_onnx_file_equals_the_checkpoint(psmnist):

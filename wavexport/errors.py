@@ -3,3 +3,7 @@
 
 class WavexportError(Exception):
     exit_code = 2
+
+
+class InputError(WavexportError):
+    """A file or value the user passed in is unusable (missing, unreadable, wrong shape or type)."""

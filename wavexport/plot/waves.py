@@ -160,17 +160,10 @@ def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndar
 def load_input(path: str | os.PathLike, n_in: int) -> np.ndarray:
     """A model-input sequence from a ``.npy`` file: [T, n_in], [1, T, n_in], or [T] when the model takes one value
     per step. These are the values the model sees (scaled, permuted), not raw pixels."""
+    from ..npyio import read_npy
+
     p = Path(path)
-    if not p.is_file():
-        raise PlotError(f"--input {p}: no such file")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise PlotError(f"--input {p} is not a readable .npy array ({e})") from None
-    if not isinstance(arr, np.ndarray):
-        raise PlotError(f"--input {p} holds several arrays (.npz); save one array with numpy.save")
-    if arr.dtype.kind not in "biuf":
-        raise PlotError(f"--input {p}: expected a numeric array, found dtype {arr.dtype}")
+    arr = read_npy(p)
     shape = arr.shape
     if arr.ndim == 3 and shape[0] == 1:
         arr = arr[0]

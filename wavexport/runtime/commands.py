@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -44,8 +43,8 @@ def _providers(name: str):
 
 
 # --- run ---------------------------------------------------------------------------------------------------------
-def parse_line(line: str, n_in: int) -> list[float]:
-    """One timestep: numbers separated by spaces and/or commas, or a JSON array."""
+def parse_line(line: str, n_in: int) -> np.ndarray:
+    """One timestep: numbers separated by spaces and/or commas, or a JSON array -> float32 [n_in], finite."""
     text = line.strip()
     if text.startswith("["):
         try:
@@ -62,10 +61,14 @@ def parse_line(line: str, n_in: int) -> list[float]:
             raise ValueError(f"not a number: {str(e).split(': ', 1)[-1]}") from None
     if len(values) != n_in:
         raise ValueError(f"expected {n_in} value{'s' if n_in != 1 else ''}, got {len(values)}")
-    values = [float(v) for v in values]
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("NaN or infinite value")
-    return values
+    with np.errstate(over="ignore"):
+        try:
+            x = np.asarray([float(v) for v in values], dtype=np.float64).astype(np.float32)
+        except OverflowError:  # a JSON integer beyond float range
+            x = np.array([np.inf], np.float32)
+    if not np.isfinite(x).all():  # checked as float32, the model's dtype: 1e39 is infinite there
+        raise ValueError("NaN or infinite value (or beyond float32 range)")
+    return x
 
 
 def step_record(t: int, y: np.ndarray, kind: str) -> dict:
@@ -112,7 +115,7 @@ def stream(sess, lines, out, every: int = 1, final: bool = False, reset_on_blank
             err.write(json.dumps({"line": lineno, "error": str(e)}) + "\n")
             err.flush()
             continue
-        x = np.asarray(values, np.float32)
+        x = values
         if scale is not None:
             x *= np.float32(scale)
         y = sess.step(x)
@@ -169,17 +172,17 @@ def run_cmd(model, stream_mode, input_path, output_path, raw, every, final, rese
         except BrokenPipeError:  # the consumer went away: stop quietly (Python's documented recipe: point stdout
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # at devnull so exit's flush is silent)
         return
-    try:
-        xs = np.load(input_path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise StreamInputError(f"{input_path}: not a readable .npy array ({e})") from None
+    from ..npyio import read_npy
+
+    xs = read_npy(input_path)
     single = False
     if raw:  # [batch, T, n_in], or [batch, T] when n_in is 1 (e.g. raster-order pixels)
         xs = c.prepare_inputs(xs)
     elif xs.ndim == 2:
         xs, single = xs[None], True
-    if xs.ndim != 3:
-        raise StreamInputError(f"{input_path}: shape {list(xs.shape)}; expected [batch, T, {c.input_size}]")
+    if xs.ndim != 3 or 0 in xs.shape[:2]:
+        raise StreamInputError(f"{input_path}: shape {list(xs.shape)}; expected [batch, T, {c.input_size}] with "
+                               "batch and T at least 1" + (" ([batch, T] raw values with --raw)" if raw else ""))
     if not np.issubdtype(xs.dtype, np.floating):
         raise StreamInputError(f"{input_path}: dtype {xs.dtype}; raw integer data needs --raw")
     sess.reset(xs.shape[0])
