@@ -153,12 +153,16 @@ def eval_cmd(checkpoint, split, data_dir, limit, device, as_json):
     from .runtime.commands import eval_onnx, is_onnx_path
 
     if is_onnx_path(checkpoint):
-        from .exporters.contract import read_contract
+        from .training import resolve_device
 
-        c = read_contract(checkpoint)
+        if device == "auto":  # ONNX Runtime's CUDA provider when this onnxruntime has one (the gpu extra)
+            import onnxruntime as ort
+
+            provider = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+        else:
+            provider = resolve_device(device).type  # cpu or cuda; anything else is refused as for checkpoints
+        metrics, c = eval_onnx(checkpoint, split, data_dir, limit, provider, progress=not as_json)
         name = f"{c.task}/{c.arch} ({os.path.basename(checkpoint)}, onnx)"
-        metrics = eval_onnx(checkpoint, split, data_dir, limit, "cuda" if device.startswith("cuda") else "cpu",
-                            progress=not as_json)
     else:
         from .training import load_checkpoint
         from .training.trainer import evaluate_checkpoint

@@ -231,7 +231,8 @@ def sample_cmd(model, index, data_dir, seed):
 
 
 # --- eval of an ONNX file ----------------------------------------------------------------------------------------
-def eval_onnx(path, split, data_dir, limit, provider, progress: bool) -> dict:
+def eval_onnx(path, split, data_dir, limit, provider, progress: bool):
+    """(metrics, contract) of an exported model on its task's test set."""
     from tqdm import tqdm
 
     from .evaluate import evaluate_streamer, task_batches
@@ -241,7 +242,7 @@ def eval_onnx(path, split, data_dir, limit, provider, progress: bool) -> dict:
     sess = _session(path, providers=_providers(provider))
     n = limit or (10_000 if sess.contract.task in ("smnist", "psmnist", "nscifar10") else 1000)
     with tqdm(total=n, desc="eval (onnx)", unit="seq", disable=not progress, leave=False) as bar:
-        return evaluate_streamer(sess, task_batches(sess.contract, n, data_dir), progress=bar.update)
+        return evaluate_streamer(sess, task_batches(sess.contract, n, data_dir), progress=bar.update), sess.contract
 
 
 # --- bench -------------------------------------------------------------------------------------------------------

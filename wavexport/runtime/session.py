@@ -173,13 +173,15 @@ class StreamingSession(_Streamer):
                 raise StreamError(f"{self.path}: no such file")
         else:
             self.path, source = "<in-memory model>", model.SerializeToString()
-        self.contract = read_contract(model)
         self._ort = ort
         try:
             self.session = ort.InferenceSession(source, streaming_session_options(threads),
                                                 providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for bad graphs/providers
+            read_contract(model)  # a file that is not ONNX, or not ours, is reported as such
             raise StreamError(f"{self.path}: ONNX Runtime cannot load it ({str(e)[:200]})") from None
+        # The contract from ORT's own copy of the metadata: the file is read once, and onnx is not needed here.
+        self.contract = Contract.from_metadata(self.session.get_modelmeta().custom_metadata_map)
         have = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}
         missing = [n for n in (*self.contract.input_names, *self.contract.output_names) if n not in have]
         if missing:
