@@ -132,6 +132,12 @@ def torch_chain(model, xs: torch.Tensor):
         return torch.stack(ys, 1).numpy(), tuple(s.numpy() for s in state)
 
 
+def _abs_err(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """|got - ref| in float64, infinite wherever ``got`` is not finite (NaN would slip through ``max``)."""
+    err = np.abs(got.astype(np.float64) - ref)
+    return np.where(np.isfinite(got), err, np.inf)
+
+
 def ort_chain(sess, contract: Contract, xs: np.ndarray, keep_all: bool = True):
     """Run an exported model over ``xs`` [B, T, n_in] from the contract's initial state.
 
@@ -168,11 +174,9 @@ def parity(sess, model, task, contract: Contract, batches=None, tolerance: float
         got_y, got_s = ort_chain(sess, contract, xs.numpy())
         if got_y.shape != ref_y.shape:
             raise VerificationError(f"ONNX outputs have shape {got_y.shape}, PyTorch {ref_y.shape}")
-        err = np.abs(got_y.astype(np.float64) - ref_y)
-        if not np.all(np.isfinite(got_y)):
-            err = np.where(np.isfinite(got_y), err, np.inf)
+        err = _abs_err(got_y, ref_y)
         e_y = float(err.max())
-        e_s = max(float(np.abs(g.astype(np.float64) - r).max()) for g, r in zip(got_s, ref_s))
+        e_s = max(float(_abs_err(g, r).max()) for g, r in zip(got_s, ref_s))
         if e_y > rep.max_err_y:
             t = int(np.unravel_index(np.argmax(err), err.shape)[1])
             rep.worst = f"(first worst at step {t + 1} of {task.seq_len}, batch {b})"

@@ -44,8 +44,8 @@ class RecurrentModel(nn.Module):
         return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in self.state_names)
 
     # --- computation -----------------------------------------------------------------------------------------
-    # A step is split in three so that exporters and fast paths can batch the two parts that do not recur (the input
-    # projection and the readout) over all timesteps of a sequence, and loop over ``advance`` alone.
+    # A step is split in three so that a sequence computation can batch the two parts that do not recur (the input
+    # projection and the readout) over all timesteps and loop over ``advance`` alone, as WaveRNN.forward does.
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The input projection, [..., n_in] -> [..., U]: no state, so it may run on every step at once."""
         raise NotImplementedError

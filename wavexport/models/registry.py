@@ -17,10 +17,6 @@ class ArchSpec:
     defaults: dict = field(default_factory=dict)
     about: str = ""
 
-    @property
-    def size_keys(self) -> tuple[str, ...]:
-        return ("channels", "ring") if self.cls is WaveRNN else ("hidden",)
-
 
 ARCHS: dict[str, ArchSpec] = {
     "wrnn": ArchSpec(WaveRNN, dict(rec_init="shift", enc_init="solo"),

@@ -269,14 +269,13 @@ def bench(path, batches=(1,), steps=2000, chunk=64, threads=1, checkpoint=None, 
     import torch
 
     from ..models import build_model
-    from .session import TorchStreamer
+    from ..training import load_checkpoint, model_from_checkpoint
 
     sess = _session(path, threads, providers)
     c = sess.contract
     torch.set_num_threads(threads)
     if checkpoint:
-        torch_streamer = TorchStreamer(checkpoint)
-        model = torch_streamer.model
+        model = model_from_checkpoint(load_checkpoint(checkpoint))[0]
     else:  # same architecture and size: the same work per step whatever the weights
         model = build_model(c.model_config).eval()
     rng = np.random.default_rng(0)

@@ -112,8 +112,6 @@ class _Streamer:
     # --- checks -------------------------------------------------------------------------------------------------
     def _check(self, value, rank: int, what: str) -> np.ndarray:
         # On the per-step path: plain attribute tests (dtype.kind, shape tuples) cost a fraction of np.issubdtype.
-        if self.batch_size == 0:
-            self.reset(1)
         a = value if type(value) is np.ndarray else np.asarray(value)
         if a.dtype.kind != "f":
             hint = (" (raw pixels: multiply by input.scale, or use Contract.prepare_inputs)"
@@ -290,4 +288,4 @@ class TorchStreamer(_Streamer):
         return {n: s.cpu().numpy().copy() for n, s in zip(self.state_names, self._state)}
 
     def _set_state(self, arrays):
-        self._state = tuple(self._torch.from_numpy(a).to(self.device) for a in arrays)
+        self._state = tuple(self._torch.tensor(a, device=self.device) for a in arrays)  # a copy, never the caller's

@@ -18,6 +18,10 @@ class CheckpointError(WavexportError, ValueError):
     """Not a wavexport checkpoint, or a damaged one."""
 
 
+_UMASK = os.umask(0)  # read once at import: os.umask can only be read by setting it, which races with threads
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file. The result gets
     the permissions the umask gives any new file (mkstemp's temp file is private, 0600)."""
@@ -27,9 +31,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it the file
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -247,6 +247,7 @@ class Trainer:
 
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
+        total = self.total_steps()  # may refuse the config: before the signal handler is installed
         previous = signal.getsignal(signal.SIGINT)
 
         def on_sigint(signum, frame):
@@ -260,7 +261,6 @@ class Trainer:
         except ValueError:  # not the main thread: leave signals alone
             previous = None
         t0 = time.time()
-        total = self.total_steps()
         self.bar = tqdm(total=total, initial=min(self.progress["step"], total), disable=self.quiet,
                         unit="it", dynamic_ncols=True, desc=f"{self.cfg.task}/{self.cfg.arch}")
         try:
