@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cliutil import int_list
 from .errors import WavexportError
 
 
@@ -47,15 +48,6 @@ def _fmt_metrics(metrics: dict) -> str:
                      for k in keys)
 
 
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter("expected comma-separated integers, e.g. 100 or 80,100") from None
-
-
 # --- train -------------------------------------------------------------------------------------------------------
 @main.command()
 @click.argument("task", type=click.Choice(["copy", "adding", "smnist", "psmnist", "nscifar10"]))
@@ -73,7 +65,7 @@ def _int_list(ctx, param, value):
 @click.option("--steps", type=click.IntRange(1), help="Training iterations (synthetic tasks), or a cap.")
 @click.option("--batch-size", type=click.IntRange(1))
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
-@click.option("--lr-milestones", callback=_int_list, help="Divide the LR by 1/--lr-gamma at these epochs "
+@click.option("--lr-milestones", callback=int_list, help="Divide the LR by 1/--lr-gamma at these epochs "
               "(image tasks) or steps (synthetic), e.g. 100.")
 @click.option("--lr-gamma", type=click.FloatRange(0, 1, min_open=True))
 @click.option("--grad-clip", type=click.FloatRange(0), help="Max gradient norm, 0 = off.")

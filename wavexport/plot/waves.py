@@ -101,10 +101,11 @@ class OnnxSource(StateSource):
 
 def open_source(path: str | os.PathLike) -> StateSource:
     """A checkpoint (``.pt`` or a run directory, whose best.pt is used) or an exported ``.onnx`` model."""
+    from ..runtime.commands import is_onnx_path
     from ..training import load_checkpoint, model_from_checkpoint
 
     p = Path(path)
-    if p.suffix.lower() == ".onnx":
+    if is_onnx_path(p):
         return OnnxSource(p)
     ckpt = load_checkpoint(p)
     model, task = model_from_checkpoint(ckpt)

@@ -9,6 +9,7 @@ import time
 import click
 import numpy as np
 
+from ..cliutil import int_list
 from ..errors import WavexportError
 
 
@@ -309,7 +310,8 @@ def bench(path, batches=(1,), steps=2000, chunk=64, threads=1, checkpoint=None, 
 
 @click.command("bench")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--batch", "batches", default="1,64", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--batch", "batches", default="1,64", show_default=True, callback=int_list,
+              help="Comma-separated batch sizes.")
 @click.option("--steps", type=click.IntRange(10), default=2000, show_default=True, help="Timed steps per batch.")
 @click.option("--chunk", type=click.IntRange(1), default=64, show_default=True, help="Steps per feed() call.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Threads for ORT and torch.")
@@ -319,13 +321,9 @@ def bench(path, batches=(1,), steps=2000, chunk=64, threads=1, checkpoint=None, 
 @_provider_option
 def bench_cmd(model, batches, steps, chunk, threads, checkpoint, as_json, provider):
     """Per-step latency (median, p90, p99) and throughput of an exported model, next to its eager PyTorch step."""
-    try:
-        bs = [int(b) for b in batches.split(",") if b.strip()]
-    except ValueError:
-        raise click.BadParameter("expected comma-separated integers", param_hint="--batch") from None
-    if not bs or min(bs) < 1:
+    if not batches or min(batches) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch")
-    report = bench(model, bs, steps, chunk, threads, checkpoint, _providers(provider))
+    report = bench(model, batches, steps, chunk, threads, checkpoint, _providers(provider))
     if as_json:
         click.echo(json.dumps(report))
         return
