@@ -382,15 +382,19 @@ def test_psmnist_model_trained_on_real_data_predicts_the_same_classes(tmp_path, 
 
     _, _, test_x, test_y = load_mnist(data_dir)
     raw, labels = test_x[:500], test_y[:500]
-    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
-    perm = json.loads(meta["input.permutation"])
-    xs = raw[:, perm].astype(np.float32) * np.float32(float(meta["input.scale"]))
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    state = {"h": np.zeros((500, 4, 16), np.float32)}
-    for t in range(784):
-        y, h = sess.run(None, {"x": xs[:, t, None], **state})
-        state = {"h": h}
-    onnx_pred = y.argmax(-1)
+
+    def onnx_last_outputs(path, raw):
+        """Raw test images through the step graph, prepared from the file's metadata alone."""
+        meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+        xs = raw[:, json.loads(meta["input.permutation"])].astype(np.float32) * np.float32(float(meta["input.scale"]))
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        state = {"h": np.zeros((len(raw), 4, 16), np.float32)}
+        for t in range(784):
+            y, h = sess.run(None, {"x": xs[:, t, None], **state})
+            state = {"h": h}
+        return y
+
+    onnx_pred = onnx_last_outputs(out, raw).argmax(-1)
 
     ck = load_checkpoint(run / "best.pt")
     model, task = model_from_checkpoint(ck)
@@ -412,11 +416,5 @@ def test_psmnist_model_trained_on_real_data_predicts_the_same_classes(tmp_path, 
     with torch.no_grad():
         ys, _ = model(task.inputs(torch.from_numpy(raw)), last_only=True)
     assert fp32_acc == pytest.approx(100 * (ys[:, -1].argmax(-1).numpy() == labels).mean(), abs=0.005)
-    xs = raw[:, perm].astype(np.float32) * np.float32(float(meta["input.scale"]))
-    sess = ort.InferenceSession(str(q8), providers=["CPUExecutionProvider"])
-    state = {"h": np.zeros((1000, 4, 16), np.float32)}
-    for t in range(784):
-        y, h = sess.run(None, {"x": xs[:, t, None], **state})
-        state = {"h": h}
-    assert int8_acc == pytest.approx(100 * (y.argmax(-1) == labels).mean(), abs=0.005)
+    assert int8_acc == pytest.approx(100 * (onnx_last_outputs(q8, raw).argmax(-1) == labels).mean(), abs=0.005)
     assert abs(int8_acc - fp32_acc) <= 0.5
