@@ -129,7 +129,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         # run_loss/seen: the running training loss, kept so a resumed run logs exactly what an uninterrupted one does
         self.progress = {"step": 0, "epoch": 0, "batch": 0, "epoch_rng": None, "log_lines": 0,
-                         "run_loss": 0.0, "seen": 0}
+                         "run_loss": 0.0, "seen": 0, "wall_s": 0.0, "cpu_s": 0.0}
+        self._clock = (time.time(), time.process_time())
         self.best: dict = {}
         self.solved_at: int | None = None
         self.last_eval: dict = {}
@@ -197,6 +198,7 @@ class Trainer:
             atomic_write(log, lambda tmp: Path(tmp).write_text("".join(lines)))
 
     def save(self) -> None:
+        self._tick()
         save_checkpoint(self._state(), self.out / "checkpoint.pt")
 
     def summary_metrics(self) -> dict:
@@ -209,7 +211,16 @@ class Trainer:
             m["eval_limit"] = self.cfg.eval_limit
         return m
 
+    def _tick(self) -> None:
+        """Add the wall and CPU time since the last tick to the run's totals (kept across resumes)."""
+        now = (time.time(), time.process_time())
+        self.progress["wall_s"] = self.progress.get("wall_s", 0.0) + now[0] - self._clock[0]
+        self.progress["cpu_s"] = self.progress.get("cpu_s", 0.0) + now[1] - self._clock[1]
+        self._clock = now
+
     def _log(self, record: dict) -> None:
+        self._tick()
+        record = {**record, "wall_s": round(self.progress["wall_s"], 3), "cpu_s": round(self.progress["cpu_s"], 3)}
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         self.progress["log_lines"] += 1
@@ -261,6 +272,7 @@ class Trainer:
         except ValueError:  # not the main thread: leave signals alone
             previous = None
         t0 = time.time()
+        self._clock = (t0, time.process_time())  # time spent loading data or waiting is not the run's
         self.bar = tqdm(total=total, initial=min(self.progress["step"], total), disable=self.quiet,
                         unit="it", dynamic_ncols=True, desc=f"{self.cfg.task}/{self.cfg.arch}")
         try:
