@@ -22,18 +22,13 @@ import torch
 
 def paper_checkpoint(path: str) -> str:
     """A checkpoint of the paper-size psMNIST wRNN, untrained, in the trainer's format."""
-    from wavexport import __version__
-    from wavexport.models import build_model, resolve_config
-    from wavexport.tasks import make_task
-    from wavexport.training import make_config, save_checkpoint
+    from wavexport.checkpoint import Checkpoint
+    from wavexport.config import build_run, make_config
 
     cfg = make_config("psmnist", "wrnn", "paper")
-    task = make_task("psmnist", seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    model_config = resolve_config("wrnn", task.n_in, task.n_out, **cfg.model_overrides())
-    model = build_model(model_config)
-    save_checkpoint({"wavexport_version": __version__, "train_config": cfg.to_dict(), "model_config": model_config,
-                     "task": task.state_dict(), "model": model.state_dict(), "metrics": {}}, path)
+    run = build_run(cfg)
+    Checkpoint.of(run.model, run.model_config, run.task, cfg).save(path)
     return path
 
 
@@ -46,7 +41,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from wavexport.exporters.pipeline import export_checkpoint
-    from wavexport.runtime.commands import bench
+    from wavexport.runtime.bench import bench
 
     with tempfile.TemporaryDirectory() as d:
         ckpt = args.checkpoint or paper_checkpoint(os.path.join(d, "paper.pt"))

@@ -13,13 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from wavexport.exporters import commands, onnx_export, pipeline, quantize
-from wavexport.exporters.contract import read_contract
+from wavexport.cli import export as commands
+from wavexport.exporters import onnx_export, pipeline, quantize
+from wavexport.core.contract import read_contract
 from wavexport.exporters.inspect import count_parameters
 from wavexport.models import ARCHS, RecurrentModel, build_model, resolve_config
 from wavexport.models.registry import ArchSpec
 from wavexport.tasks import load_mnist, make_task
-from wavexport.training import load_checkpoint, model_from_checkpoint, save_checkpoint
+from wavexport.checkpoint import Checkpoint, load_checkpoint
+from wavexport.config import TrainConfig
 
 from cli_helpers import assert_one_line_error, cli
 
@@ -48,9 +50,8 @@ def make_checkpoint(path, arch="wrnn", task_name="copy", seq=5, seed=0, noise=0.
             p.add_(noise * torch.randn_like(p))
         if hasattr(model, "conv"):
             model.conv.weight.mul_(0.8)
-    save_checkpoint({"model_config": cfg, "task": task.state_dict(), "model": model.state_dict(),
-                     "metrics": {"test_loss": 2.25, "test_acc": 0.125, "val_loss": 2.5},
-                     "train_config": {"task": task_name, "arch": arch, "seed": seed}}, path)
+    Checkpoint.of(model, cfg, task, TrainConfig(task=task_name, arch=arch, seed=seed),
+                  metrics={"test_loss": 2.25, "test_acc": 0.125, "val_loss": 2.5}).save(path)
     return path
 
 
@@ -95,7 +96,7 @@ def test_export_and_chained_parity(ckpts, tmp_path, arch, mode, opset):
     assert rep.verified and rep.parity.ok and rep.parity.steps == 25
     proto = onnx.load(out)
     assert {o.domain or "ai.onnx": o.version for o in proto.opset_import}["ai.onnx"] == opset
-    model, task = model_from_checkpoint(load_checkpoint(ckpts[arch]))
+    model, task = load_checkpoint(ckpts[arch]).build()
     names = list(model.state_names)
     dims = io_dims(proto.graph.input)
     if mode == "sequence":
@@ -166,7 +167,7 @@ def test_step_graph_agrees_in_the_onnx_reference_evaluator(ckpts, tmp_path, arch
 
     out = tmp_path / "m.onnx"
     pipeline.export_checkpoint(ckpts[arch], out, opset=opset)
-    model, task = model_from_checkpoint(load_checkpoint(ckpts[arch]))
+    model, task = load_checkpoint(ckpts[arch]).build()
     names = list(model.state_names)
     ref = ReferenceEvaluator(str(out))
     xs, _ = task.sample(2, torch.Generator().manual_seed(5))
@@ -189,7 +190,7 @@ def test_metadata_alone_builds_the_inputs_and_the_state(tmp_path):
     assert cli("export", ck, out).exit_code == 0
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert set(ISSUE_KEYS) <= set(meta)
-    cfg = load_checkpoint(ck)["model_config"]
+    cfg = load_checkpoint(ck).model_config
     assert meta["wavexport.format"] == "step/1" and meta["task"] == "psmnist" and meta["arch"] == "wrnn"
     assert json.loads(meta["model.config"]) == cfg
     assert json.loads(meta["metrics"]) == {"test_loss": 2.25, "test_acc": 0.125}
@@ -212,7 +213,7 @@ def test_metadata_alone_builds_the_inputs_and_the_state(tmp_path):
         y, *nxt = sess.run(None, {"x": xs[:, t, None], **state})
         state = dict(zip(names, nxt))
 
-    model, task = model_from_checkpoint(load_checkpoint(ck))
+    model, task = load_checkpoint(ck).build()
     assert task.permutation == perm  # the checkpoint's permutation, not a fresh draw
     with torch.no_grad():
         ref, _ = model(task.inputs(raw), last_only=True)
@@ -272,8 +273,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_no_file(ckpts, tmp_path, monk
     monkeypatch.setitem(ARCHS, "growing", ArchSpec(GrowingRNN))
     task = make_task("copy", 5)
     cfg = resolve_config("growing", task.n_in, task.n_out)
-    save_checkpoint({"model_config": cfg, "task": task.state_dict(), "model": build_model(cfg).state_dict()},
-                    tmp_path / "growing.pt")
+    Checkpoint.of(build_model(cfg), cfg, task).save(tmp_path / "growing.pt")
     assert_one_line_error(cli("export", tmp_path / "growing.pt", out, "--mode", "sequence"),
                           "cannot be expressed", "state 'h'")
     assert list(dest.iterdir()) == []  # no file, no temp file
@@ -324,7 +324,7 @@ def test_int8_is_checked_on_the_task_loss_and_reports_size_and_speed(tmp_path):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["quantization"] == "int8-static" and set(ISSUE_KEYS) <= set(meta)
     # the int8 model still computes the same function, roughly
-    model, task = model_from_checkpoint(load_checkpoint(ck))
+    model, task = load_checkpoint(ck).build()
     xs, _ = task.sample(3, torch.Generator().manual_seed(0))
     ys, _ = run_onnx(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]), "sequence", xs, ["h"])
     with torch.no_grad():
@@ -356,7 +356,7 @@ def test_inspect_shows_the_contract(ckpts, tmp_path):
     assert [o["name"] for o in d["outputs"]] == ["ys", "h_next", "c_next"]
     assert d["outputs"][0]["shape"] == ["batch", "T", 10]
     assert d["opsets"]["ai.onnx"] == 13 and d["file_bytes"] == os.path.getsize(out)
-    model, _ = model_from_checkpoint(load_checkpoint(ckpts["lstm"]))
+    model, _ = load_checkpoint(ckpts["lstm"]).build()
     assert d["parameters"]["total"] == model.num_parameters() - model.rnn.bias_hh_l0.numel()  # b_ih + b_hh folded
     assert d["metadata"] == {p.key: p.value for p in onnx.load(out).metadata_props}
     text = cli("inspect", out).output
@@ -397,14 +397,14 @@ def test_psmnist_model_trained_on_real_data_predicts_the_same_classes(tmp_path, 
     onnx_pred = onnx_last_outputs(out, raw).argmax(-1)
 
     ck = load_checkpoint(run / "best.pt")
-    model, task = model_from_checkpoint(ck)
+    model, task = ck.build()
     with torch.no_grad():
         ys, _ = model(task.inputs(torch.from_numpy(raw)), last_only=True)
     torch_pred = ys[:, -1].argmax(-1).numpy()
     assert (onnx_pred == torch_pred).all()
     assert len(set(onnx_pred.tolist())) >= 2  # a model that says one class for everything would prove little
     # the trainer measured test accuracy on these same 500 images in PyTorch
-    assert (onnx_pred == labels).mean() == pytest.approx(ck["metrics"]["test_acc"], abs=1e-9)
+    assert (onnx_pred == labels).mean() == pytest.approx(ck.metrics["test_acc"], abs=1e-9)
 
     # int8: judged on the first 1000 test images; both reported accuracies are recomputed here independently
     q8 = tmp_path / "ps8.onnx"

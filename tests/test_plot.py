@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from wavexport.errors import InputError
+from wavexport.core.errors import InputError
 from wavexport.models import WaveRNN, build_model, resolve_config
 from wavexport.plot import (PlotError, TorchSource, channel_speeds, input_events, load_input, open_source,
                             parse_channels, task_sequence, wave_speed)
 from wavexport.tasks import SequentialMNIST, load_mnist, make_task
-from wavexport.training import save_checkpoint
-from wavexport.training.trainer import HELD_OUT_SEEDS
+from wavexport.checkpoint import Checkpoint
+from wavexport.config import TrainConfig
+from wavexport.evaluation import HELD_OUT_SEEDS
 
 from cli_helpers import assert_one_line_error, cli
 
@@ -30,9 +31,8 @@ def make_checkpoint(path, arch="wrnn", task="copy", seq=10, lr=1e-3):
     """A checkpoint of an untrained model, in the trainer's format."""
     t = make_task(task, seq)
     model = untrained(arch, t)
-    save_checkpoint({"train_config": {"task": task, "arch": arch, "seed": 0, "eval_batch": 64, "lr": lr},
-                     "model_config": resolve_config(arch, t.n_in, t.n_out, **default_size(arch)),
-                     "task": t.state_dict(), "model": model.state_dict(), "metrics": {}}, path)
+    Checkpoint.of(model, resolve_config(arch, t.n_in, t.n_out, **default_size(arch)), t,
+                  TrainConfig(task=task, arch=arch, seed=0, eval_batch=64, lr=lr)).save(path)
     return path
 
 
@@ -138,7 +138,7 @@ def test_irnn_shift_units_read_as_a_ring_move_one_unit_per_step():
 
 # --- inputs, events, sequences -----------------------------------------------------------------------------------
 def test_task_sample_is_the_sequence_eval_scores(tmp_path):
-    from wavexport.training.trainer import evaluate_synthetic
+    from wavexport.evaluation import evaluate, model_predictor, test_stream
 
     src = open_source(make_checkpoint(tmp_path / "c.pt", task="adding", seq=20))
     seen = []
@@ -152,7 +152,7 @@ def test_task_sample_is_the_sequence_eval_scores(tmp_path):
             seen.append(xs)
             return self.model(xs, **kw)
 
-    evaluate_synthetic(Recorder(src.model), src.task, 600, 0 + HELD_OUT_SEEDS["test"], "cpu")
+    evaluate(model_predictor(Recorder(src.model), src.task, "cpu"), src.task, test_stream(src.task, 0, "test", n=600))
     evaluated = torch.cat(seen)
     assert len(evaluated) == 600
     for i in (0, 5, 499, 550):

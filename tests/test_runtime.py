@@ -12,10 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from wavexport.cli import main
-from wavexport.exporters.contract import ContractError, read_contract
+from wavexport.core.contract import read_contract
+from wavexport.core.errors import ContractError
 from wavexport.exporters.pipeline import export_checkpoint
 from wavexport.runtime import StreamError, StreamingSession, TorchStreamer
-from wavexport.training import Trainer, load_checkpoint, make_config
+from wavexport.checkpoint import load_checkpoint
+from wavexport.config import make_config
+from wavexport.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "examples" / "node"
@@ -56,7 +59,7 @@ def test_onnx_and_torch_streamers_agree_over_a_full_psmnist_sequence(psmnist):
 
     _, _, test_x, _ = load_mnist(psmnist["data"], download=False)
     xs = c.prepare_inputs(test_x[:3])  # permuted, scaled: [3, 784, 1]
-    assert c.permutation == ckpt["task"]["args"]["permutation"]
+    assert c.permutation == ckpt.task["args"]["permutation"]
     onnx_s, torch_s = StreamingSession(psmnist["step"]), TorchStreamer(psmnist["ckpt"])
     for s in (onnx_s, torch_s):
         s.reset(3)
@@ -260,7 +263,7 @@ def test_eval_of_the_onnx_file_equals_the_checkpoint(psmnist):
     from_onnx = json.loads(runner.invoke(main, ["eval", str(psmnist["step"]), *args]).output)
     assert from_onnx["n"] == from_ckpt["n"] == 200
     assert from_onnx["acc"] == from_ckpt["acc"]
-    assert from_onnx["acc"] == load_checkpoint(psmnist["ckpt"])["metrics"]["test_acc"]  # trained with eval_limit 200
+    assert from_onnx["acc"] == load_checkpoint(psmnist["ckpt"]).metrics["test_acc"]  # trained with eval_limit 200
     assert abs(from_onnx["loss"] - from_ckpt["loss"]) < 1e-4
 
 

@@ -7,7 +7,9 @@ import time
 import pytest
 import torch
 
-from wavexport.training import Trainer, load_checkpoint, make_config
+from wavexport.checkpoint import load_checkpoint
+from wavexport.config import make_config
+from wavexport.training import Trainer
 
 from cli_helpers import assert_one_line_error, cli
 
@@ -31,7 +33,7 @@ def test_quick_copy_run_lowers_the_loss(tmp_path):
     assert log[-1]["val_loss"] < 0.8 * log[0]["val_loss"]
     assert "done: copy/wrnn 150 steps" in r.output
     ck = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert ck["progress"]["step"] == 150 and ck["metrics"]["test_loss"] > 0
+    assert ck.progress["step"] == 150 and ck.metrics["test_loss"] > 0
     assert not list((tmp_path / "run").glob("*.tmp"))  # atomic writes leave no temp files
 
 
@@ -40,24 +42,24 @@ def test_psmnist_end_to_end_on_real_mnist_and_eval_reads_it_back(tmp_path, data_
     r = cli("train", "psmnist", *TINY_MNIST, "--steps", "4", "--data-dir", data_dir, "--out", run, "--quiet")
     assert r.exit_code == 0, r.output
     best = load_checkpoint(run / "best.pt")
-    assert len(best["task"]["args"]["permutation"]) == 784
+    assert len(best.task["args"]["permutation"]) == 784
     r = cli("eval", run / "best.pt", "--data-dir", data_dir, "--limit", "200", "--json")
     assert r.exit_code == 0, r.output
     got = json.loads(r.output)
     assert got["n"] == 200
-    assert got["acc"] == pytest.approx(best["metrics"]["test_acc"], abs=1e-9)
+    assert got["acc"] == pytest.approx(best.metrics["test_acc"], abs=1e-9)
     assert 0 <= got["acc"] <= 1
     r = cli("eval", run, "--split", "valid", "--data-dir", data_dir, "--limit", "200")
     assert r.exit_code == 0 and "psmnist/wrnn valid (200 samples): acc" in r.output
     # the run records where it found the data: eval needs neither --data-dir nor $WAVEXPORT_DATA
-    assert best["train_config"]["data_dir"] == str(data_dir.resolve())
+    assert best.train_config.data_dir == str(data_dir.resolve())
     monkeypatch.delenv("WAVEXPORT_DATA", raising=False)
     r = cli("eval", run, "--limit", "200", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["acc"] == got["acc"]
 
 
 def _weights(run):
-    return load_checkpoint(run / "checkpoint.pt")["model"]
+    return load_checkpoint(run / "checkpoint.pt").model
 
 
 def _stopper(at):
@@ -106,11 +108,11 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
-    step = load_checkpoint(run / "checkpoint.pt")["progress"]["step"]
+    step = load_checkpoint(run / "checkpoint.pt").progress["step"]
     assert 20 <= step < 100000
     r = cli("train", *TINY_COPY, "--out", run, "--resume", "--steps", step + 3, "--quiet")
     assert r.exit_code == 0, r.output
-    assert load_checkpoint(run / "checkpoint.pt")["progress"]["step"] == step + 3
+    assert load_checkpoint(run / "checkpoint.pt").progress["step"] == step + 3
 
 
 def test_clear_errors(tmp_path, data_dir):
@@ -157,5 +159,5 @@ def test_adding_records_when_it_is_solved(tmp_path):
     solved = [rec["step"] for rec in log if rec.get("solved")]
     ck = load_checkpoint(run / "checkpoint.pt")
     first = next((rec["step"] for rec in log if rec["val_loss"] <= 0.05), None)
-    assert ck["metrics"]["solved_at"] == first
+    assert ck.metrics["solved_at"] == first
     assert solved == ([first] if first else [])

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import os
 
-from .contract import BATCH_DIM, K_PERMUTATION, QUANT_NONE, Contract, ContractError, read_metadata
-from .errors import ExportError
+from ..core.contract import BATCH_DIM, K_PERMUTATION, QUANT_NONE, Contract, read_metadata
+from ..core.errors import ContractError
+from ..core.errors import ExportError
 
 
 def _dtype_name(elem_type: int) -> str:

@@ -23,9 +23,9 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from .contract import (BATCH_DIM, NEXT_SUFFIX, SEQ_INPUT, SEQ_OUTPUT, STEP_INPUT, STEP_OUTPUT, TIME_DIM,
+from ..core.contract import (BATCH_DIM, NEXT_SUFFIX, SEQ_INPUT, SEQ_OUTPUT, STEP_INPUT, STEP_OUTPUT, TIME_DIM,
                        next_name)
-from .errors import ExportError
+from ..core.errors import ExportError
 
 SUPPORTED_OPSETS = tuple(range(13, 22))
 DEFAULT_OPSET = 17       # why: docs/EXPORT.md ("Default opset")

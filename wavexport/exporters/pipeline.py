@@ -5,7 +5,6 @@ destination only if every check passes; on any failure neither the file nor the 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, replace
@@ -15,12 +14,13 @@ from typing import Callable
 import onnx
 
 from .. import __version__
-from ..training.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
-from .contract import FORMATS, QUANT_NONE, STATE_INIT_ZEROS, BATCH_DIM, Contract, write_metadata
-from .errors import ExportError, VerificationError
+from ..checkpoint import load_checkpoint
+from ..core.contract import FORMATS, QUANT_NONE, Contract, write_metadata
+from ..core.io import atomic_write, file_digest
+from ..core.errors import ExportError, VerificationError
 from .onnx_export import DEFAULT_OPSET, export_step_graph, parse_batch, parse_opset, sequence_from_step
-from .quantize import (METHOD_NAMES, QuantReport, calibration_feeds, check_int8, compare_int8, eval_session,
-                       quant_data, quantize_step_int8, time_per_step)
+from .quantize import (METHOD_NAMES, QuantReport, calibration_feeds, check_int8, compare_int8, quant_data,
+                       quantize_step_int8, time_per_step)
 from .verify import TOL_FP32, ParityReport, check_file, check_io, parity, session, verify_fp32
 
 QUANTIZATIONS = {"int8": "static"}  # --quantize value -> quantize_step_int8 method (why: quantize.py)
@@ -60,36 +60,6 @@ class ExportReport:
         return out
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def make_contract(model, task, mode: str, batch: int | None, metrics: dict | None = None, source_sha256: str = "",
-                  quantization: str = QUANT_NONE, model_config: dict | None = None, arch: str | None = None
-                  ) -> Contract:
-    """The metadata of an export of ``model`` for ``task``: everything needed to feed it without Python."""
-    b = BATCH_DIM if batch is None else int(batch)
-    cfg = dict(model_config or {})
-    return Contract(
-        format=FORMATS[mode], version=__version__, task=task.name, arch=arch or cfg.get("arch", type(model).__name__),
-        model_config=cfg, state_names=list(model.state_names),
-        state_shapes={n: [b, *model.state_shape()] for n in model.state_names}, state_init=STATE_INIT_ZEROS,
-        input_size=int(model.n_in), output_size=int(model.n_out), output_kind=task.output_kind,
-        seq_len=int(task.seq_len), readout=task.readout, permutation=task.permutation,
-        input_scale=float(task.input_scale), metrics=dict(metrics or {}), source_sha256=source_sha256,
-        quantization=quantization)
-
-
-def checkpoint_test_metrics(ckpt: dict) -> dict:
-    """The checkpoint's test metrics (taken at its best validation point), and the size of that test set."""
-    m = ckpt.get("metrics") or {}
-    return {k: v for k, v in m.items() if k.startswith("test_") or k in ("eval_limit", "solved_at")}
-
-
 def build_graphs(model, mode: str, opset: int, batch: int | None, quantize: str | None = None,
                  step_contract: Contract | None = None, calibration=None):
     """(float32 graph, final graph): the final one is int8 when asked, calibrated on ``calibration`` sequences
@@ -123,10 +93,10 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
         raise ExportError(f"{out} is a directory; give the path of the .onnx file to write")
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
-    model, task = model_from_checkpoint(ckpt)
-    contract = make_contract(model, task, mode, batch, metrics=checkpoint_test_metrics(ckpt),
-                             source_sha256=file_sha256(ckpt["path"]), model_config=ckpt["model_config"],
-                             arch=ckpt["model_config"].get("arch"))
+    model, task = ckpt.build()
+    contract = Contract.for_model(model, task, mode, batch, metrics=ckpt.test_metrics(),
+                                  source_sha256=file_digest(ckpt.path) if ckpt.path else "",
+                                  model_config=ckpt.model_config, arch=ckpt.arch)
     calib = eval_xs = eval_y = None
     if quantize:
         log("loading calibration" + (" and test" if verify else "") + " data for int8 ...")
@@ -161,7 +131,7 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
             if not rep.parity.ok:
                 raise VerificationError("parity check of the float32 graph failed: " + rep.parity.summary())
             log(f"verifying int8 on the task metric: {len(eval_xs)} test samples, int8 vs float32 ...")
-            s32, s8 = eval_session(fp32), eval_session(tmp)
+            s32, s8 = session(fp32), session(tmp)
             rep.quant = compare_int8(s32, s8, task, eval_xs, eval_y)
             rep.quant.fp32_bytes, rep.quant.int8_bytes = fp32.ByteSize(), os.path.getsize(tmp)
             rep.quant.fp32_step_us = time_per_step(session(fp32), contract)

@@ -23,9 +23,11 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from ..core.contract import Contract
+from ..core.errors import ExportError, VerificationError
+from ..evaluation import evaluate, load_eval_splits, streamer_predictor, test_stream
+from ..runtime.session import StreamingSession
 from ..tasks import resolve_data_dir
-from .contract import Contract
-from .errors import ExportError, VerificationError
 from .verify import ort_chain, session
 
 QUANT_EVAL_SAMPLES = 1000
@@ -142,41 +144,34 @@ def quantize_step_int8(step: onnx.ModelProto, op_types=DEFAULT_OP_TYPES, method:
 
 
 # --- data: calibration and judging ---------------------------------------------------------------------------------
-def quant_data(task, ckpt: dict, data_dir=None, n_eval: int = QUANT_EVAL_SAMPLES, n_calib: int = CALIB_SEQUENCES,
+def quant_data(task, ckpt, data_dir=None, n_eval: int = QUANT_EVAL_SAMPLES, n_calib: int = CALIB_SEQUENCES,
                evaluate: bool = True):
     """(calibration xs [n_calib, T, n_in], eval xs [n_eval, T, n_in], eval targets), float32 model inputs.
 
     Image tasks: the first training sequences of the run's own split, and the first test images (the data set is
     needed). Synthetic tasks: a calibration draw, and the run's held-out test draw. Eval is None if not ``evaluate``.
     """
-    from ..training.config import TrainConfig
-    from ..training.trainer import HELD_OUT_SEEDS, held_out, load_eval_splits
-
-    cfg = TrainConfig.from_dict(ckpt.get("train_config") or {"task": task.name})
-    test_gen = torch.Generator().manual_seed(cfg.seed + HELD_OUT_SEEDS["test"])
+    cfg = ckpt.train_config
     calib_gen = torch.Generator().manual_seed(cfg.seed + CALIB_SEED_OFFSET)
-    if hasattr(task, "sample"):
+    splits = None
+    if task.kind == "synthetic":
         calib = task.sample(n_calib, calib_gen)[0].float()
-        if not evaluate:
-            return calib, None, None
-        xs, y = zip(*held_out(task, cfg.seed + HELD_OUT_SEEDS["test"], 0, n_eval))
-        return calib, torch.cat(xs).float(), torch.cat(y)
-    data_dir = resolve_data_dir(data_dir, cfg.data_dir)
-    splits = load_eval_splits(task, data_dir, cfg.seed, limit=n_eval)
-    calib = task.inputs(splits["train"].x[:n_calib], calib_gen).float()
+    else:
+        splits = load_eval_splits(task, resolve_data_dir(data_dir, cfg.data_dir), cfg.seed, limit=n_eval)
+        calib = task.inputs(splits["train"].x[:n_calib], calib_gen).float()
     if not evaluate:
         return calib, None, None
-    test = splits["test"]
-    if len(test) < n_eval:
-        raise ExportError(f"the int8 check needs {n_eval} test samples, the test split has {len(test)}")
-    return calib, task.inputs(test.x, test_gen).float(), test.y
+    if splits is not None and len(splits["test"]) < n_eval:
+        raise ExportError(f"the int8 check needs {n_eval} test samples, the test split has {len(splits['test'])}")
+    xs, y = zip(*test_stream(task, cfg.seed, "test", n=n_eval, splits=splits))
+    return calib, torch.cat(xs).float(), torch.cat(y)
 
 
 def calibration_feeds(step: onnx.ModelProto, contract: Contract, xs: torch.Tensor) -> list[dict]:
     """Step-graph feeds (x_t and the state reached at t) at evenly spaced steps of real sequences run by the float
     graph: the activations the int8 graph will see, early and late in a sequence. ``contract`` is the step
     graph's; a fixed-batch graph is fed in chunks of its batch (the last one padded with zeros)."""
-    sess = session(step)
+    sess = session(_with_contract(step, contract))
     x = xs.numpy().astype(np.float32)
     T = x.shape[1]
     every = max(1, T // CALIB_FEEDS)
@@ -187,14 +182,22 @@ def calibration_feeds(step: onnx.ModelProto, contract: Contract, xs: torch.Tenso
     feeds = []
     for i in range(0, len(x), b):
         chunk = x[i:i + b]
-        state = contract.initial_state(len(chunk))
+        sess.reset(len(chunk))
         for t in range(T):
-            feed = {contract.input_name: chunk[:, t], **state}
             if t in keep:
-                feeds.append(feed)
-            out = sess.run(contract.output_names, feed)
-            state = dict(zip(contract.state_names, out[1:]))
+                feeds.append({contract.input_name: chunk[:, t].copy(), **sess.state})
+            sess.step(chunk[:, t])
     return feeds
+
+
+def _with_contract(step: onnx.ModelProto, contract: Contract) -> onnx.ModelProto:
+    """A copy of a freshly traced step graph carrying ``contract``'s metadata, so the runtime can open it."""
+    from ..core.contract import write_metadata
+
+    tagged = onnx.ModelProto()
+    tagged.CopyFrom(step)
+    write_metadata(tagged, contract)
+    return tagged
 
 
 @dataclass
@@ -240,11 +243,9 @@ class QuantReport:
 def compare_int8(fp32_sess, int8_sess, task, xs, target) -> QuantReport:
     """Task metric of int8 vs float32 on the same samples; the tolerance is 0.5 accuracy points for
     classification by image, else a relative rise of the loss."""
-    from ..runtime.evaluate import evaluate_streamer
-
-    batches = [(xs[i:i + 500].numpy(), target[i:i + 500]) for i in range(0, len(xs), 500)]
-    m32 = evaluate_streamer(fp32_sess, batches, task=task)
-    m8 = evaluate_streamer(int8_sess, batches, task=task)
+    batches = [(xs[i:i + 500], target[i:i + 500]) for i in range(0, len(xs), 500)]
+    m32 = evaluate(streamer_predictor(fp32_sess), task, iter(batches))
+    m8 = evaluate(streamer_predictor(int8_sess), task, iter(batches))
     if getattr(task, "primary_metric", "loss") == "acc":
         key, allowed = "acc", MAX_ACC_DROP
     else:
@@ -270,18 +271,10 @@ def time_per_step(sess, contract: Contract, steps: int = 300, repeats: int = 3) 
     xs = rng.random((1, steps, contract.input_size), dtype=np.float32)
     if contract.batch not in (None, 1):
         xs = np.repeat(xs, contract.batch, 0)
-    ort_chain(sess, contract, xs[:, :10], keep_all=False)  # warm-up: first runs allocate
+    ort_chain(sess, xs[:, :10], keep_all=False)  # warm-up: first runs allocate
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        ort_chain(sess, contract, xs, keep_all=False)
+        ort_chain(sess, xs, keep_all=False)
         times.append((time.perf_counter() - t0) / steps * 1e6)
     return float(np.median(times))
-
-
-def eval_session(model):
-    """The streaming runtime's session (a path or a ModelProto), one thread as everywhere in verification:
-    predictable on shared cores, and the per-step tensors are small."""
-    from ..runtime.session import StreamingSession
-
-    return StreamingSession(model, threads=1)

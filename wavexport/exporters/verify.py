@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 import torch
 
-from .contract import TIME_DIM, Contract
-from .errors import VerificationError
+from ..core.contract import TIME_DIM, Contract
+from ..core.errors import VerificationError
+from ..runtime.session import StreamingSession
 from .onnx_export import TRACE_BATCH, count_scan_nodes
 
 TOL_FP32 = 1e-4            # absolute, on every step's output and on the final state
@@ -47,19 +48,10 @@ class ParityReport:
         return s
 
 
-def session(model, threads: int = 1):
-    """An ORT CPU session from a path, bytes or ModelProto."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    elif isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+def session(model, threads: int = 1) -> StreamingSession:
+    """The streaming runtime's CPU session over a path or a ModelProto: verification runs the exported graph
+    exactly as users will, through the one ONNX step loop there is. One thread: predictable on shared cores."""
+    return StreamingSession(model, threads=threads)
 
 
 def check_file(path) -> None:
@@ -138,28 +130,13 @@ def _abs_err(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(got), err, np.inf)
 
 
-def ort_chain(sess, contract: Contract, xs: np.ndarray, keep_all: bool = True):
-    """Run an exported model over ``xs`` [B, T, n_in] from the contract's initial state.
-
-    Step graphs are called once per step with the state fed back; sequence graphs once. Returns
-    (ys [B, T or 1, n_out] (only the last step unless ``keep_all``), final state tuple).
-    """
-    xs = np.ascontiguousarray(xs, dtype=np.float32)
-    state = contract.initial_state(xs.shape[0])
-    if contract.mode == "sequence":
-        out = sess.run(contract.output_names, {contract.input_name: xs, **state})
-        ys = out[0] if keep_all else out[0][:, -1:]
-        return ys, tuple(out[1:])
-    names, outs = contract.state_names, contract.output_names
-    ys = []
-    y = None
-    for t in range(xs.shape[1]):
-        out = sess.run(outs, {contract.input_name: xs[:, t], **state})
-        y = out[0]
-        if keep_all:
-            ys.append(y)
-        state = dict(zip(names, out[1:]))
-    return (np.stack(ys, 1) if keep_all else y[:, None]), tuple(state[n] for n in names)
+def ort_chain(sess: StreamingSession, xs: np.ndarray, keep_all: bool = True):
+    """Run an exported model over ``xs`` [B, T, n_in] from its initial state (a step graph step by step with the
+    state fed back, a sequence graph in one call). Returns (ys [B, T or 1, n_out], final state tuple)."""
+    sess.reset(xs.shape[0])
+    ys = sess.feed(np.ascontiguousarray(xs, dtype=np.float32))
+    state = sess.state
+    return (ys if keep_all else ys[:, -1:]), tuple(state[n] for n in sess.state_names)
 
 
 def parity(sess, model, task, contract: Contract, batches=None, tolerance: float = TOL_FP32) -> ParityReport:
@@ -171,7 +148,7 @@ def parity(sess, model, task, contract: Contract, batches=None, tolerance: float
     for b in batches:
         xs = parity_inputs(task, b)
         ref_y, ref_s = torch_chain(model, xs)
-        got_y, got_s = ort_chain(sess, contract, xs.numpy())
+        got_y, got_s = ort_chain(sess, xs.numpy())
         if got_y.shape != ref_y.shape:
             raise VerificationError(f"ONNX outputs have shape {got_y.shape}, PyTorch {ref_y.shape}")
         err = _abs_err(got_y, ref_y)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from ..errors import WavexportError
+from ..core.errors import ModelConfigError
 from .base import RecurrentModel
 from .rnn import GRU, IRNN, LSTM
 from .wrnn import WaveRNN
@@ -30,10 +30,6 @@ ARCHS: dict[str, ArchSpec] = {
     "lstm": ArchSpec(LSTM, {}, "torch.nn.LSTM"),
     "gru": ArchSpec(GRU, {}, "torch.nn.GRU"),
 }
-
-
-class ModelConfigError(WavexportError, ValueError):
-    pass
 
 
 def _accepted(cls) -> dict:

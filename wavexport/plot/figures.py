@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.checkpoint import atomic_write
+from ..core.io import atomic_write
 from .runs import Run
 from .waves import Event, PlotError, WaveSpeed
 

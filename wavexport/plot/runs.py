@@ -69,14 +69,14 @@ def load_run(path: str | Path) -> Run:
     run = Run(log.parent, records)
     for name in ("checkpoint.pt", "best.pt"):
         if (log.parent / name).is_file():
-            from ..training import CheckpointError, load_checkpoint
+            from ..checkpoint import Checkpoint, CheckpointError
             try:
-                ck = load_checkpoint(log.parent / name)
+                ck = Checkpoint.load(log.parent / name)
             except CheckpointError:
                 continue  # a damaged checkpoint still leaves the curves worth plotting; the label falls back
-            run.train_config = ck.get("train_config") or {}
-            run.model_config = ck.get("model_config") or {}
-            run.task = ck.get("task") or {}
+            run.train_config = ck.train_config.to_dict()
+            run.model_config = dict(ck.model_config)
+            run.task = dict(ck.task)
             break
     return run
 

@@ -14,12 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import WavexportError
+from ..core.errors import PlotError
 
-
-
-class PlotError(WavexportError):
-    """Bad input to a plot command (file, channel, array shape, metric). The CLI prints it as one line."""
 
 
 # --- where hidden states come from -------------------------------------------------------------------------------
@@ -80,7 +76,7 @@ class OnnxSource(StateSource):
 
     def __init__(self, path):
         from ..runtime import StreamingSession
-        from ..runtime.evaluate import task_from_contract
+        from ..evaluation import task_from_contract
 
         self.session = StreamingSession(path)
         c = self.session.contract
@@ -101,15 +97,15 @@ class OnnxSource(StateSource):
 
 def open_source(path: str | os.PathLike) -> StateSource:
     """A checkpoint (``.pt`` or a run directory, whose best.pt is used) or an exported ``.onnx`` model."""
-    from ..runtime.commands import is_onnx_path
-    from ..training import load_checkpoint, model_from_checkpoint
+    from ..checkpoint import Checkpoint
+    from ..core.io import is_onnx_path
 
     p = Path(path)
     if is_onnx_path(p):
         return OnnxSource(p)
-    ckpt = load_checkpoint(p)
-    model, task = model_from_checkpoint(ckpt)
-    return TorchSource(model, task, ckpt.get("train_config"), ckpt["model_config"], ckpt["path"])
+    ckpt = Checkpoint.load(p)
+    model, task = ckpt.build()
+    return TorchSource(model, task, ckpt.train_config.to_dict(), ckpt.model_config, ckpt.path)
 
 
 def describe_model(model_config: dict) -> str:
@@ -136,8 +132,8 @@ def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndar
     eval uses (indices past the evaluation set continue the same stream). Image tasks: test image i;
     the nsCIFAR10 noise comes from the test seed, so it is fixed but not the noise eval drew for that image.
     """
-    from ..tasks import DatasetTask, SyntheticTask, resolve_data_dir
-    from ..training.trainer import HELD_OUT_SEEDS, MAX_HELD_OUT, held_out, load_eval_splits
+    from ..evaluation import MAX_HELD_OUT, test_stream
+    from ..tasks import resolve_data_dir
 
     task, cfg = source.task, source.train_config
     if task is None:
@@ -145,23 +141,18 @@ def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndar
     if index < 0 or index >= MAX_HELD_OUT:
         raise PlotError(f"--task-sample must be in 0..{MAX_HELD_OUT - 1}, got {index}")
     seed = int(cfg.get("seed", 0))
-    if isinstance(task, SyntheticTask):
-        xs, _ = next(held_out(task, seed + HELD_OUT_SEEDS["test"], index, 1))
-        return xs[0].numpy()
-    gen = torch.Generator().manual_seed(seed + HELD_OUT_SEEDS["test"])
-    if isinstance(task, DatasetTask):
+    if task.kind == "dataset":
         data_dir = resolve_data_dir(data_dir, cfg.get("data_dir"))
-        test = load_eval_splits(task, data_dir, seed)["test"]
-        if index >= len(test):
-            raise PlotError(f"--task-sample {index}: the {task.name} test set has {len(test)} examples")
-        return task.inputs(test.x[index:index + 1], gen)[0].numpy()
-    raise PlotError(f"cannot draw a sequence of task {task.name!r}; give one with --input")
+    xs, _ = next(test_stream(task, seed, "test", n=1, offset=index, data_dir=data_dir), (None, None))
+    if xs is None:
+        raise PlotError(f"--task-sample {index}: past the end of the {task.name} test set")
+    return xs[0].numpy()
 
 
 def load_input(path: str | os.PathLike, n_in: int) -> np.ndarray:
     """A model-input sequence from a ``.npy`` file: [T, n_in], [1, T, n_in], or [T] when the model takes one value
     per step. These are the values the model sees (scaled, permuted), not raw pixels."""
-    from ..npyio import read_npy
+    from ..core.io import read_npy
 
     p = Path(path)
     arr = read_npy(p)

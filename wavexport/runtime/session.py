@@ -11,12 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import WavexportError
-from ..exporters.contract import Contract, read_contract
-
-
-class StreamError(WavexportError):
-    """Bad input to a streamer: wrong size, dtype, non-finite values, or a batch change without ``reset``."""
+from ..core.errors import InputError, StreamError
+from ..core.contract import Contract, read_contract
 
 
 class _Streamer:
@@ -130,6 +126,20 @@ class _Streamer:
         if a.dtype == np.float32 and a.flags.c_contiguous:
             return a
         return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def providers_for(name: str) -> list[str]:
+    """ONNX Runtime providers for ``auto`` (CUDA when this onnxruntime has it), ``cpu`` or ``cuda``."""
+    import onnxruntime as ort
+
+    have_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if name == "cuda" and not have_cuda:
+        raise InputError("--provider cuda: this onnxruntime has no CUDA provider (pip install 'wavexport[gpu]')")
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError(f"unknown provider {name!r} (auto, cpu or cuda)")
+    if name == "cuda" or (name == "auto" and have_cuda):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 def streaming_session_options(threads: int = 1):
@@ -260,13 +270,12 @@ class TorchStreamer(_Streamer):
         super().__init__()
         import torch
 
-        from ..exporters.pipeline import make_contract
-        from ..training import load_checkpoint, model_from_checkpoint
+        from ..checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-        self.model, self.task = model_from_checkpoint(ckpt)
+        ckpt = load_checkpoint(checkpoint)
+        self.model, self.task = ckpt.build()
         self.model.to(device)
-        self.contract = make_contract(self.model, self.task, "step", None, model_config=ckpt["model_config"])
+        self.contract = Contract.for_model(self.model, self.task, "step", None, model_config=ckpt.model_config)
         self._torch = torch
         self.device = device
         self.reset(1)

@@ -18,11 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WavexportError
-
-
-class DataError(WavexportError):
-    """A data set is missing, cannot be downloaded, or is corrupt. The message says what to do."""
+from ..core.errors import DataError
 
 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://yann.lecun.com/exdb/mnist/")

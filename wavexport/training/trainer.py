@@ -14,86 +14,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import __version__
-from ..errors import WavexportError
-from ..models import build_model, resolve_config
-from ..tasks import DatasetTask, Split, SyntheticTask, make_task, resolve_data_dir
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-
-HELD_OUT_SEEDS = {"valid": 1_000_003, "test": 2_000_003}  # offsets from the run seed for fixed evaluation draws
-
-
-class TrainingError(WavexportError):
-    """A run cannot start or continue (bad config, clobbering an existing run, mismatched resume)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise TrainingError(f"unknown device {name!r} (auto, cpu or cuda)")
-    return torch.device(name)
-
-
-# --- evaluation --------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_split(model, task: DatasetTask, split: Split, device, batch_size: int = 500, seed: int = 0,
-                   progress: bool = False) -> dict[str, float]:
-    """Mean metrics over a split. Noise (nsCIFAR10) comes from a fixed seed, so results are reproducible."""
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    totals: dict[str, float] = {}
-    n = len(split)
-    for i in tqdm(range(0, n, batch_size), desc="eval", leave=False, disable=not progress, unit="batch"):
-        xs = task.inputs(split.x[i:i + batch_size].to(device), gen)
-        ys, _ = model(xs, last_only=task.last_only)
-        for k, v in task.metrics(ys, split.y[i:i + batch_size].to(device)).items():
-            totals[k] = totals.get(k, 0.0) + v
-    return {k: v / max(n, 1) for k, v in totals.items()}
-
-
-HELD_OUT_BLOCK = 500  # a synthetic held-out stream is drawn in blocks of this size, whatever is asked of it
-MAX_HELD_OUT = 100_000  # the stream is drawn in order: bound the work an index typo can ask for
-
-
-def held_out(task: SyntheticTask, seed: int, start: int = 0, n: int = 1):
-    """Samples ``start .. start+n-1`` of the fixed held-out stream drawn from ``seed``, in chunks of at most
-    ``HELD_OUT_BLOCK``: (xs, targets) pairs. Sample i is the same whoever asks and however many they ask for, so
-    ``eval``, ``sample --index``, ``plot --task-sample`` and the int8 check all see the same sequences."""
-    gen = torch.Generator().manual_seed(seed)
-    pos, end = 0, start + n
-    while pos < end:
-        xs, y = task.sample(HELD_OUT_BLOCK, gen)
-        lo, hi = max(start - pos, 0), min(end - pos, HELD_OUT_BLOCK)
-        if lo < hi:
-            yield xs[lo:hi], y[lo:hi]
-        pos += HELD_OUT_BLOCK
-
-
-@torch.no_grad()
-def evaluate_synthetic(model, task: SyntheticTask, n: int, seed: int, device):
-    """Mean metrics on the first ``n`` samples of the held-out stream of ``seed``: the same set at every
-    evaluation."""
-    model.eval()
-    totals: dict[str, float] = {}
-    for xs, y in held_out(task, seed, 0, n):
-        ys, _ = model(xs.to(device), last_only=task.last_only)
-        for k, v in task.metrics(ys, y.to(device)).items():
-            totals[k] = totals.get(k, 0.0) + v
-    return {k: v / max(n, 1) for k, v in totals.items()}
-
-
-def load_eval_splits(task: DatasetTask, data_dir, seed: int, limit: int | None = None) -> dict[str, Split]:
-    splits = task.load_splits(resolve_data_dir(data_dir), seed)
-    if limit:
-        for name in ("valid", "test"):
-            s = splits[name]
-            splits[name] = Split(s.x[:limit], s.y[:limit])
-    return splits
-
+from ..checkpoint import Checkpoint
+from ..config import TrainConfig, build_run, resolve_device
+from ..core.errors import CheckpointError, TrainingError
+from ..core.io import atomic_write
+from ..evaluation import evaluate, load_eval_splits, model_predictor, test_stream
+from ..tasks import Split, resolve_data_dir
 
 # --- the trainer -------------------------------------------------------------------------------------------------
 class Trainer:
@@ -110,20 +36,19 @@ class Trainer:
         if resume:
             if not ckpt_path.exists():
                 raise TrainingError(f"--resume: no checkpoint.pt in {self.out}")
-            resumed = load_checkpoint(ckpt_path)
-            cfg = self._merge_resume(cfg, TrainConfig.from_dict(resumed["train_config"]), resume_overrides or {})
+            resumed = Checkpoint.load(ckpt_path)
+            if not resumed.resumable:
+                raise CheckpointError(f"{ckpt_path}: holds no optimizer state, cannot resume from it")
+            cfg = self._merge_resume(cfg, resumed.train_config, resume_overrides or {})
         elif ckpt_path.exists():
             raise TrainingError(f"{self.out} already holds a run (checkpoint.pt); pass --resume to continue it, "
                                 "or choose another --out")
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        try:
-            self.task = make_task(cfg.task, cfg.seq, cfg.seed, **(resumed["task"]["args"] if resumed else {}))
-            self.model_config = resolve_config(cfg.arch, self.task.n_in, self.task.n_out, **cfg.model_overrides())
-            self.model = build_model(self.model_config).to(self.device)
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
+        run = build_run(cfg, resumed.task["args"] if resumed else None)
+        self.task, self.model_config, self.model = run.task, run.model_config, run.model.to(self.device)
+        self.is_dataset = self.task.kind == "dataset"
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, cfg.lr_milestones, cfg.lr_gamma)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -135,7 +60,7 @@ class Trainer:
         self.solved_at: int | None = None
         self.last_eval: dict = {}
         self.splits: dict[str, Split] = {}
-        if isinstance(self.task, DatasetTask):
+        if self.is_dataset:
             # Record where the data was found, so eval and export of this run find it without --data-dir.
             cfg.data_dir = str(resolve_data_dir(cfg.data_dir).resolve())
             self.splits = load_eval_splits(self.task, cfg.data_dir, cfg.seed, cfg.eval_limit)
@@ -161,36 +86,28 @@ class Trainer:
                 raise TrainingError(f"--resume: cannot change {k} of a saved run (it has {getattr(saved, k)!r})")
         return merged
 
-    def _state(self, full: bool = True) -> dict:
-        obj = {
-            "wavexport_version": __version__,
-            "train_config": self.cfg.to_dict(),
-            "model_config": self.model_config,
-            "task": self.task.state_dict(),
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "progress": dict(self.progress),
-            "best": dict(self.best),
-            "solved_at": self.solved_at,
-            "metrics": self.summary_metrics(),
-        }
+    def checkpoint(self, full: bool = True) -> Checkpoint:
+        """The run as it is now; ``full`` adds what resuming needs (optimizer, schedule, RNG states)."""
+        ck = Checkpoint.of(self.model, self.model_config, self.task, self.cfg, progress=dict(self.progress),
+                           best=dict(self.best), solved_at=self.solved_at, metrics=self.summary_metrics())
         if full:
-            obj["optimizer"] = self.opt.state_dict()
-            obj["scheduler"] = self.sched.state_dict()
-            obj["rng"] = {"data": self.gen.get_state(), "torch": torch.get_rng_state()}
-        return obj
+            ck.optimizer = self.opt.state_dict()
+            ck.scheduler = self.sched.state_dict()
+            ck.rng = {"data": self.gen.get_state(), "torch": torch.get_rng_state()}
+        return ck
 
-    def _restore(self, ck: dict) -> None:
+    def _restore(self, ck: Checkpoint) -> None:
         try:
-            self.model.load_state_dict(ck["model"])
-            self.opt.load_state_dict(ck["optimizer"])
-            self.sched.load_state_dict(ck["scheduler"])
-            self.gen.set_state(ck["rng"]["data"])
-            torch.set_rng_state(ck["rng"]["torch"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{ck['path']}: cannot resume from it ({e})") from None
-        self.progress = dict(ck["progress"])
-        self.best = dict(ck.get("best") or {})
-        self.solved_at = ck.get("solved_at")
+            self.model.load_state_dict(ck.model)
+            self.opt.load_state_dict(ck.optimizer)
+            self.sched.load_state_dict(ck.scheduler)
+            self.gen.set_state(ck.rng["data"])
+            torch.set_rng_state(ck.rng["torch"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{ck.path}: cannot resume from it ({e})") from None
+        self.progress = {"wall_s": 0.0, "cpu_s": 0.0, **ck.progress}
+        self.best = dict(ck.best or {})
+        self.solved_at = ck.solved_at
         # Drop log lines written after this checkpoint, so the resumed run does not log them twice.
         log = self.out / "metrics.jsonl"
         if log.exists():
@@ -199,7 +116,7 @@ class Trainer:
 
     def save(self) -> None:
         self._tick()
-        save_checkpoint(self._state(), self.out / "checkpoint.pt")
+        self.checkpoint().save(self.out / "checkpoint.pt")
 
     def summary_metrics(self) -> dict:
         """The metrics a checkpoint reports: those of the best evaluation (highest validation accuracy for image
@@ -207,7 +124,7 @@ class Trainer:
         m = dict(self.best)
         if getattr(self.task, "solved_threshold", None) is not None:
             m["solved_at"] = self.solved_at
-        if self.cfg.eval_limit and isinstance(self.task, DatasetTask):
+        if self.cfg.eval_limit and self.is_dataset:
             m["eval_limit"] = self.cfg.eval_limit
         return m
 
@@ -246,7 +163,7 @@ class Trainer:
 
     def total_steps(self) -> int:
         cfg = self.cfg
-        if isinstance(self.task, DatasetTask):
+        if self.is_dataset:
             if cfg.epochs is None and cfg.steps:
                 return cfg.steps
             per_epoch = math.ceil(len(self.splits["train"]) / cfg.batch_size)
@@ -276,7 +193,7 @@ class Trainer:
         self.bar = tqdm(total=total, initial=min(self.progress["step"], total), disable=self.quiet,
                         unit="it", dynamic_ncols=True, desc=f"{self.cfg.task}/{self.cfg.arch}")
         try:
-            if isinstance(self.task, DatasetTask):
+            if self.is_dataset:
                 self._run_epochs(total)
             else:
                 self._run_synthetic(total)
@@ -323,29 +240,13 @@ class Trainer:
                 p["batch"] = 0
                 p["epoch"] += 1
                 self.sched.step()
-                self._evaluate_epoch(p["run_loss"])
+                self._evaluate(p["run_loss"])
                 self.save()
             elif p["step"] >= total:  # budget ends inside an epoch: evaluate what we have
-                self._evaluate_epoch(p["run_loss"])
+                self._evaluate(p["run_loss"])
 
     def _last_short(self) -> dict:
         return {k: v for k, v in self.last_eval.items() if k in ("val_acc",)}
-
-    def _evaluate_epoch(self, train_loss: float) -> None:
-        cfg, p = self.cfg, self.progress
-        val = evaluate_split(self.model, self.task, self.splits["valid"], self.device,
-                             seed=cfg.seed + HELD_OUT_SEEDS["valid"], progress=not self.quiet)
-        rec = {"epoch": p["epoch"], "step": p["step"], "lr": self.opt.param_groups[0]["lr"],
-               "train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"]}
-        if not self.best or val["acc"] > self.best["val_acc"]:
-            test = evaluate_split(self.model, self.task, self.splits["test"], self.device,
-                                  seed=cfg.seed + HELD_OUT_SEEDS["test"], progress=not self.quiet)
-            rec.update(test_loss=test["loss"], test_acc=test["acc"])
-            self.best = {"epoch": p["epoch"], "step": p["step"], "val_acc": val["acc"], "val_loss": val["loss"],
-                         "test_acc": test["acc"], "test_loss": test["loss"]}
-            save_checkpoint(self._state(full=False), self.out / "best.pt")
-        self.last_eval = rec
-        self._log(rec)
 
     def _run_synthetic(self, total: int) -> None:
         cfg, p = self.cfg, self.progress
@@ -358,48 +259,42 @@ class Trainer:
             self.bar.update(1)
             self._postfix(p["run_loss"], {k: v for k, v in self.last_eval.items() if k in ("val_loss", "val_acc")})
             if p["step"] % cfg.eval_every == 0 or p["step"] == total:
-                self._evaluate_synthetic(p["run_loss"])
+                self._evaluate(p["run_loss"])
                 self.save()
             elif p["step"] % cfg.checkpoint_every == 0:
                 self.save()
 
-    def _evaluate_synthetic(self, train_loss: float) -> None:
-        cfg, p = self.cfg, self.progress
-        val = evaluate_synthetic(self.model, self.task, cfg.eval_batch, cfg.seed + HELD_OUT_SEEDS["valid"],
-                                 self.device)
-        rec = {"step": p["step"], "lr": self.opt.param_groups[0]["lr"], "train_loss": train_loss,
-               **{f"val_{k}": v for k, v in val.items()}}
-        threshold = getattr(self.task, "solved_threshold", None)
+    def _score(self, split: str) -> dict:
+        """Task metrics on the held-out ``split`` (test_stream: the same data eval and the exports use)."""
+        stream = test_stream(self.task, self.cfg.seed, split, n=None if self.is_dataset else self.cfg.eval_batch,
+                             splits=self.splits or None)
+        total = len(self.splits[split]) if self.is_dataset else self.cfg.eval_batch
+        with tqdm(total=total, desc=f"eval {split}", unit="seq", leave=False,
+                  disable=self.quiet or not self.is_dataset) as bar:
+            metrics = evaluate(model_predictor(self.model, self.task, self.device), self.task, stream, bar.update)
+        metrics.pop("n")
+        return metrics
+
+    def _evaluate(self, train_loss: float) -> None:
+        """Score the validation split; on a new best (by the task's primary metric) also the test split, and write
+        best.pt. Image tasks log per epoch, synthetic ones every ``eval_every`` steps."""
+        p, task = self.progress, self.task
+        val = self._score("valid")
+        rec = {"epoch": p["epoch"]} if self.is_dataset else {}
+        rec.update(step=p["step"], lr=self.opt.param_groups[0]["lr"], train_loss=train_loss,
+                   **{f"val_{k}": v for k, v in val.items()})
+        threshold = getattr(task, "solved_threshold", None)
         if threshold is not None and self.solved_at is None and val["loss"] <= threshold:
             self.solved_at = p["step"]
             rec["solved"] = True
-        if not self.best or val["loss"] < self.best["val_loss"]:
-            test = evaluate_synthetic(self.model, self.task, cfg.eval_batch, cfg.seed + HELD_OUT_SEEDS["test"],
-                                      self.device)
-            self.best = {"step": p["step"], **{f"val_{k}": v for k, v in val.items()},
-                         **{f"test_{k}": v for k, v in test.items()}}
-            save_checkpoint(self._state(full=False), self.out / "best.pt")
+        key = "val_" + task.primary_metric
+        better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
+        if not self.best or better(rec[key], self.best[key]):
+            test = {f"test_{k}": v for k, v in self._score("test").items()}
+            if self.is_dataset:
+                rec.update(test)
+            self.best = {**({"epoch": p["epoch"]} if self.is_dataset else {}), "step": p["step"],
+                         **{f"val_{k}": v for k, v in val.items()}, **test}
+            self.checkpoint(full=False).save(self.out / "best.pt")
         self.last_eval = rec
         self._log(rec)
-
-
-def evaluate_checkpoint(ckpt: dict, split: str = "test", data_dir=None, limit: int | None = None,
-                        device: str = "auto", progress: bool = False) -> dict:
-    """A checkpoint's task metric on ``split``, with the data, permutation and held-out draws training used."""
-    from .checkpoint import model_from_checkpoint
-
-    if split not in HELD_OUT_SEEDS:
-        raise TrainingError(f"unknown split {split!r} (test or valid)")
-    model, task = model_from_checkpoint(ckpt)
-    cfg = TrainConfig.from_dict(ckpt.get("train_config", {"task": task.name}))
-    dev = resolve_device(device)
-    model.to(dev)
-    seed = cfg.seed + HELD_OUT_SEEDS[split]
-    if isinstance(task, DatasetTask):
-        data = load_eval_splits(task, resolve_data_dir(data_dir, cfg.data_dir), cfg.seed, limit)[split]
-        metrics = evaluate_split(model, task, data, dev, seed=seed, progress=progress)
-        n = len(data)
-    else:
-        n = limit or cfg.eval_batch
-        metrics = evaluate_synthetic(model, task, n, seed, dev)
-    return {**metrics, "n": n}

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import WavexportError
+from .errors import ContractError
 
 # --- formats and tensor names -------------------------------------------------------------------------------------
 FORMAT_STEP = "step/1"
@@ -55,6 +55,7 @@ K_INPUT_SIZE = "input.size"
 K_OUTPUT_SIZE = "output.size"
 K_OUTPUT_KIND = "output.kind"
 K_SEQ_LEN = "task.seq_len"
+K_TASK_ARGS = "task.args"   # the task's own constructor arguments: any task is rebuilt from the file alone
 K_READOUT = "task.readout"
 K_PERMUTATION = "input.permutation"
 K_SCALE = "input.scale"
@@ -62,7 +63,7 @@ K_METRICS = "metrics"
 K_SOURCE_SHA256 = "source.sha256"
 K_QUANTIZATION = "quantization"
 
-REQUIRED_KEYS = (K_FORMAT, K_VERSION, K_TASK, K_ARCH, K_MODEL_CONFIG, K_STATE_NAMES, K_STATE_SHAPES, K_STATE_INIT,
+REQUIRED_KEYS = (K_FORMAT, K_VERSION, K_TASK, K_TASK_ARGS, K_ARCH, K_MODEL_CONFIG, K_STATE_NAMES, K_STATE_SHAPES, K_STATE_INIT,
                  K_INPUT_SIZE, K_OUTPUT_SIZE, K_OUTPUT_KIND, K_SEQ_LEN, K_READOUT, K_PERMUTATION, K_SCALE,
                  K_METRICS, K_SOURCE_SHA256)
 # Written on every export too, but optional when reading (``none`` if absent).
@@ -72,16 +73,13 @@ ALL_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 QUANT_NONE = "none"
 
 
-class ContractError(WavexportError):
-    """An ONNX file whose metadata does not follow the wavexport contract."""
-
-
 @dataclass
 class Contract:
     """The parsed metadata of one exported model, with helpers to build its inputs and initial state."""
     format: str
     version: str
     task: str
+    task_args: dict
     arch: str
     model_config: dict
     state_names: list[str]
@@ -171,6 +169,29 @@ class Contract:
             a = a[:, np.asarray(self.permutation, dtype=np.int64)]
         return (a.astype(np.float32) * np.float32(self.input_scale)).astype(np.float32)
 
+    # --- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def for_model(cls, model, task, mode: str = "step", batch: int | None = None, metrics: dict | None = None,
+                  source_sha256: str = "", quantization: str = QUANT_NONE, model_config: dict | None = None,
+                  arch: str | None = None) -> "Contract":
+        """The metadata of an export of ``model`` (a ``RecurrentModel``) for ``task`` (a ``Task``): everything needed
+        to feed it without Python. Both are duck-typed, so this floor imports neither torch nor the models."""
+        from .. import __version__
+
+        if mode not in FORMATS:
+            raise ContractError(f"unknown mode {mode!r} (step or sequence)")
+        b = BATCH_DIM if batch is None else int(batch)
+        cfg = dict(model_config or {})
+        return cls(
+            format=FORMATS[mode], version=__version__, task=task.name, task_args=dict(task.args()),
+            arch=arch or cfg.get("arch", type(model).__name__), model_config=cfg,
+            state_names=list(model.state_names),
+            state_shapes={n: [b, *model.state_shape()] for n in model.state_names}, state_init=STATE_INIT_ZEROS,
+            input_size=int(model.n_in), output_size=int(model.n_out), output_kind=task.output_kind,
+            seq_len=int(task.seq_len), readout=task.readout, permutation=task.permutation,
+            input_scale=float(task.input_scale), metrics=dict(metrics or {}), source_sha256=source_sha256,
+            quantization=quantization)
+
     # --- (de)serialisation --------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, str]:
         """Every key, in the order of ``ALL_KEYS``, as the strings stored in ``metadata_props``."""
@@ -178,6 +199,7 @@ class Contract:
             K_FORMAT: self.format,
             K_VERSION: self.version,
             K_TASK: self.task,
+            K_TASK_ARGS: json.dumps(self.task_args, sort_keys=True),
             K_ARCH: self.arch,
             K_MODEL_CONFIG: json.dumps(self.model_config, sort_keys=True),
             K_STATE_NAMES: json.dumps(list(self.state_names)),
@@ -241,7 +263,7 @@ class Contract:
         kind = meta[K_OUTPUT_KIND]
         if kind not in OUTPUT_KINDS:
             raise ContractError(f"unknown {K_OUTPUT_KIND} {kind!r} (expected {' or '.join(OUTPUT_KINDS)})")
-        c = cls(format=fmt, version=meta[K_VERSION], task=meta[K_TASK], arch=meta[K_ARCH],
+        c = cls(format=fmt, version=meta[K_VERSION], task=meta[K_TASK], task_args=js(K_TASK_ARGS, dict), arch=meta[K_ARCH],
                 model_config=js(K_MODEL_CONFIG, dict), state_names=names, state_shapes=shapes,
                 state_init=meta[K_STATE_INIT], input_size=integer(K_INPUT_SIZE), output_size=integer(K_OUTPUT_SIZE),
                 output_kind=kind, seq_len=integer(K_SEQ_LEN), readout=meta[K_READOUT],

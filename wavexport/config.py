@@ -1,4 +1,6 @@
-"""Training configuration and the presets: ``paper`` (the authors' settings) and ``quick`` (minutes on a CPU).
+"""config -> task -> model, in one place: the training configuration, its presets (``paper``: the authors'
+settings; ``quick``: minutes on a CPU) and :func:`build_run`, which every command that needs a model from a config
+(train, ``--dry-run``, list, the benchmarks) calls.
 
 The paper's grid was lr {1e-3, 1e-4, 1e-5} x gradient-norm clip {0, 1, 10, 100, 1000}, with the winners unpublished.
 Defaults here: Adam, lr 1e-3 and clip 1 for the Wave-RNN and the gated RNNs; lr 1e-4 and clip 1 for the iRNN,
@@ -8,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from ..models import ARCHS
+from .core.errors import ModelConfigError, TrainingError
+from .models import ARCHS, RecurrentModel, build_model, resolve_config
+from .tasks import TASKS, Task, make_task
 
 MODEL_KEYS = ("channels", "ring", "kernel", "hidden", "readout")
 
@@ -97,12 +101,12 @@ PRESETS = {"paper": PAPER, "quick": QUICK}
 
 def preset_values(task: str, arch: str, preset: str) -> dict:
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise TrainingError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+        raise TrainingError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     key = (task, _family(arch))
     if key not in PRESETS[preset]:
-        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(sorted({t for t, _ in PAPER}))}")
+        raise TrainingError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     values = dict(PRESETS[preset][key])
     if _family(arch) == "irnn":
         values.setdefault("lr", 1e-4)
@@ -114,3 +118,36 @@ def make_config(task: str, arch: str = "wrnn", preset: str = "paper", **override
     values = preset_values(task, arch, preset)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(task=task, arch=arch, preset=preset, **values)
+
+
+def resolve_device(name: str):
+    """A torch device from ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda asked for, but torch sees no CUDA device")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise TrainingError(f"unknown device {name!r} (auto, cpu or cuda)")
+    return torch.device(name)
+
+
+@dataclass
+class Run:
+    """What a config builds: the task, the resolved model config (what checkpoints and exports record) and the
+    model, freshly initialised."""
+    task: Task
+    model_config: dict
+    model: RecurrentModel
+
+
+def build_run(cfg: TrainConfig, task_args: dict | None = None) -> Run:
+    """config -> task -> model. ``task_args`` (a saved task's ``args()``, e.g. the psMNIST permutation) wins over
+    the config's seed, so a resumed run rebuilds exactly its task. Bad combinations raise :class:`TrainingError`."""
+    try:
+        task = make_task(cfg.task, cfg.seq, cfg.seed, **(task_args or {}))
+        model_config = resolve_config(cfg.arch, task.n_in, task.n_out, **cfg.model_overrides())
+        return Run(task, model_config, build_model(model_config))
+    except (ModelConfigError, ValueError) as e:
+        raise TrainingError(str(e)) from None

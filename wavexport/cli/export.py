@@ -1,4 +1,4 @@
-"""The ``export`` and ``inspect`` commands. onnx, onnxruntime and torch are imported inside the commands, so
+"""``export`` and ``inspect``. onnx, onnxruntime and torch are imported inside the commands, so
 ``wavexport --help`` does not pay for them."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, toleran
     sequence at batch sizes other than the traced one (max abs error <= 1e-4), or for --quantize int8 the task
     metric on 1000 test samples (within 0.5 accuracy points of float32).
     """
-    from .pipeline import export_checkpoint
+    from ..exporters.pipeline import export_checkpoint
 
     def log(msg):
         click.echo(msg, err=True)
@@ -56,7 +56,7 @@ def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, toleran
 def inspect_cmd(model, as_json):
     """The I/O contract of an exported MODEL.onnx: tensor names, shapes and dtypes, every metadata key, opset,
     file size, parameter count, and how to feed it."""
-    from .inspect import describe, format_text
+    from ..exporters.inspect import describe, format_text
 
     d = describe(model)
     click.echo(json.dumps(d, indent=2) if as_json else format_text(d))

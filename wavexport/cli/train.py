@@ -1,4 +1,4 @@
-"""The ``wavexport`` command line."""
+"""``train``, ``eval`` and ``list``: runs and checkpoints."""
 from __future__ import annotations
 
 import json
@@ -8,52 +8,17 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .cliutil import int_list
-from .errors import WavexportError
-
-
-class Group(click.Group):
-    """Turns the toolkit's own errors into one line on stderr and exit status 2: no traceback for a user mistake."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except WavexportError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-
-
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, prog_name="wavexport")
-def main():
-    """Train the Wave-RNN and its baselines on the paper's tasks, export them to ONNX, stream them.
-
-    \b
-    wavexport train psmnist --preset quick     train a small wRNN on a CPU in minutes
-    wavexport eval runs/psmnist-wrnn-quick     test accuracy of its best checkpoint
-    wavexport list                             tasks, architectures and paper parameter counts
-    """
-
-
-def _fmt_duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def _fmt_metrics(metrics: dict) -> str:
-    keys = [k for k in ("test_acc", "test_loss", "val_acc", "val_loss", "acc", "loss", "solved_at") if k in metrics]
-    return ", ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
-                     for k in keys)
+from ..core.errors import TrainingError
+from ..core.io import is_onnx_path
+from .common import RegistryChoice, arch_names, fmt_duration, fmt_metrics, int_list, preset_names, task_names
 
 
 # --- train -------------------------------------------------------------------------------------------------------
-@main.command()
-@click.argument("task", type=click.Choice(["copy", "adding", "smnist", "psmnist", "nscifar10"]))
+@click.command()
+@click.argument("task", type=RegistryChoice(task_names))
 @click.option("--arch", default="wrnn", show_default=True, help="Architecture (see `wavexport list`).",
-              type=click.Choice(["wrnn", "wrnn-identity", "wrnn-mlp", "irnn", "irnn-shift", "lstm", "gru"]))
-@click.option("--preset", default="paper", show_default=True, type=click.Choice(["paper", "quick"]),
+              type=RegistryChoice(arch_names))
+@click.option("--preset", default="paper", show_default=True, type=RegistryChoice(preset_names),
               help="paper: the authors' settings for TASK and ARCH; quick: a CPU-sized run of a few minutes.")
 @click.option("--seq", "seq", type=click.IntRange(1), help="copy/adding: the paper's T; nscifar10: total length.")
 @click.option("--channels", type=click.IntRange(1), help="wRNN channels C.")
@@ -92,9 +57,8 @@ def train(ctx, task, arch, preset, out, resume, threads, dry_run, quiet, **opts)
     Ctrl-C finishes the current step, saves a checkpoint and exits; --resume continues it.
     Image tasks report test accuracy at the epoch of best validation accuracy (the paper's protocol).
     """
-    from .models import build_model, resolve_config
-    from .tasks import make_task
-    from .training import Trainer, TrainingError, make_config
+    from ..config import build_run, make_config
+    from ..training import Trainer
 
     try:
         cfg = make_config(task, arch, preset, **opts)
@@ -102,13 +66,9 @@ def train(ctx, task, arch, preset, out, resume, threads, dry_run, quiet, **opts)
         raise TrainingError(str(e)) from None
     out = Path(out or f"runs/{task}-{arch}{'-quick' if preset == 'quick' else ''}")
     if dry_run:
-        try:
-            t = make_task(task, cfg.seq, cfg.seed)
-            model_cfg = resolve_config(arch, t.n_in, t.n_out, **cfg.model_overrides())
-            n_params = build_model(model_cfg).num_parameters()
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
-        click.echo(json.dumps({"train": cfg.to_dict(), "model": model_cfg, "task": t.describe(),
+        run = build_run(cfg)
+        n_params = run.model.num_parameters()
+        click.echo(json.dumps({"train": cfg.to_dict(), "model": run.model_config, "task": run.task.describe(),
                                "parameters": n_params, "out": str(out)}, indent=2))
         click.echo(f"{task}/{arch}: {n_params:,} parameters")
         return
@@ -127,12 +87,12 @@ def train(ctx, task, arch, preset, out, resume, threads, dry_run, quiet, **opts)
         click.echo(f"interrupted at step {result['step']}/{result['total_steps']}: checkpoint saved in {out}; "
                    f"continue with: wavexport train {task} --out {out} --resume", err=True)
         sys.exit(130)
-    click.echo(f"done: {task}/{arch} {result['step']} steps in {_fmt_duration(result['seconds'])} | "
-               f"best: {_fmt_metrics(result['metrics'])} | {out / 'best.pt'}")
+    click.echo(f"done: {task}/{arch} {result['step']} steps in {fmt_duration(result['seconds'])} | "
+               f"best: {fmt_metrics(result['metrics'])} | {out / 'best.pt'}")
 
 
 # --- eval --------------------------------------------------------------------------------------------------------
-@main.command("eval")
+@click.command("eval")
 @click.argument("checkpoint", metavar="MODEL", type=click.Path())
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "valid"]))
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data root (default as for train).")
@@ -142,39 +102,44 @@ def train(ctx, task, arch, preset, out, resume, threads, dry_run, quiet, **opts)
 def eval_cmd(checkpoint, split, data_dir, limit, device, as_json):
     """Task metric of a checkpoint (a .pt file or a run directory, whose best.pt is used) or of an exported .onnx
     model (run through ONNX Runtime on the real test set; --device cuda picks its CUDA provider)."""
-    from .runtime.commands import eval_onnx, is_onnx_path
+    from tqdm import tqdm
 
     if is_onnx_path(checkpoint):
-        from .training import resolve_device
+        from ..config import resolve_device
+        from ..evaluation import default_eval_size, evaluate_export, task_from_contract
+        from ..runtime import StreamingSession, providers_for
 
-        if device == "auto":  # ONNX Runtime's CUDA provider when this onnxruntime has one (the gpu extra)
-            import onnxruntime as ort
-
-            provider = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-        else:
-            provider = resolve_device(device).type  # cpu or cuda; anything else is refused as for checkpoints
-        metrics, c = eval_onnx(checkpoint, split, data_dir, limit, provider, progress=not as_json)
+        if split != "test":
+            raise TrainingError("an exported model carries no validation split: use --split test")
+        # ONNX Runtime's CUDA provider for auto when this onnxruntime has one; cpu/cuda as asked; else refused
+        provider = "auto" if device == "auto" else resolve_device(device).type
+        sess = StreamingSession(checkpoint, providers=providers_for(provider))
+        c = sess.contract
+        total = limit or default_eval_size(task_from_contract(c)) or 10_000
+        with tqdm(total=total, desc="eval (onnx)", unit="seq", disable=as_json, leave=False) as bar:
+            metrics = evaluate_export(sess, limit, data_dir, progress=bar.update)
         name = f"{c.task}/{c.arch} ({os.path.basename(checkpoint)}, onnx)"
     else:
-        from .training import load_checkpoint
-        from .training.trainer import evaluate_checkpoint
+        from ..checkpoint import Checkpoint
+        from ..evaluation import evaluate_checkpoint
 
-        ckpt = load_checkpoint(checkpoint)
-        name = f"{ckpt['task']['name']}/{ckpt['model_config']['arch']}"
-        metrics = evaluate_checkpoint(ckpt, split, data_dir, limit, device, progress=not as_json)
+        ckpt = Checkpoint.load(checkpoint)
+        name = f"{ckpt.task_name}/{ckpt.arch}"
+        with tqdm(desc="eval", unit="seq", disable=as_json, leave=False) as bar:
+            metrics = evaluate_checkpoint(ckpt, split, data_dir, limit, device, progress=bar.update)
     if as_json:
         click.echo(json.dumps(metrics))
     else:
-        click.echo(f"{name} {split} ({metrics['n']} samples): {_fmt_metrics(metrics)}")
+        click.echo(f"{name} {split} ({metrics['n']} samples): {fmt_metrics(metrics)}")
 
 
 # --- list --------------------------------------------------------------------------------------------------------
-@main.command("list")
+@click.command("list")
 def list_cmd():
     """Tasks, architectures, and the parameter count of every paper configuration."""
-    from .models import ARCHS, build_model, resolve_config
-    from .tasks import TASKS, make_task
-    from .training import make_config
+    from ..config import build_run, make_config
+    from ..models import ARCHS
+    from ..tasks import TASKS
 
     click.echo("tasks:")
     for name, about in TASKS.items():
@@ -186,29 +151,10 @@ def list_cmd():
     for task in TASKS:
         for arch in ("wrnn", "irnn"):
             cfg = make_config(task, arch, "paper")
-            t = make_task(task, cfg.seq)
-            model = build_model(resolve_config(arch, t.n_in, t.n_out, **cfg.model_overrides()))
+            model = build_run(cfg).model
             size = " x ".join(str(v) for v in cfg.model_overrides().values())
             budget = f"{cfg.epochs} epochs" if cfg.epochs else f"{cfg.steps} steps"
             click.echo(f"  {task:10s} {arch:5s} {size:>9s}  {model.num_parameters():>8,} params  "
                        f"batch {cfg.batch_size}, lr {cfg.lr:g}, {budget}")
 
 
-from .plot.commands import plot  # noqa: E402
-main.add_command(plot)
-
-
-from .exporters.commands import export_cmd, inspect_cmd  # noqa: E402
-
-main.add_command(export_cmd, "export")
-main.add_command(inspect_cmd, "inspect")
-
-from .runtime.commands import bench_cmd, run_cmd, sample_cmd  # noqa: E402
-
-main.add_command(run_cmd, "run")
-main.add_command(bench_cmd, "bench")
-main.add_command(sample_cmd, "sample")
-
-
-if __name__ == "__main__":
-    main()

@@ -36,7 +36,7 @@ def plot():
 
 def _trajectory(checkpoint, task_sample, input_path, data_dir):
     """(source, inputs [T, n_in], states [T, C, N], what the sequence is)."""
-    from .waves import PlotError, load_input, open_source, task_sequence
+    from ..plot.waves import PlotError, load_input, open_source, task_sequence
 
     source = open_source(checkpoint)
     if input_path is not None:
@@ -92,8 +92,8 @@ def waves(checkpoint, task_sample, input_path, data_dir, channels, out, gif, gif
     stripes, rising one unit per step for the paper's +1 shift. The input runs along the top with the task's events
     (copy symbols and recall cue, adding markers). For iRNN/LSTM/GRU the hidden units are drawn as one channel.
     """
-    from .figures import _mpl, ring_animation, save_figure, waves_figure
-    from .waves import channel_speeds, input_events, parse_channels, wave_speed
+    from ..plot.figures import _mpl, ring_animation, save_figure, waves_figure
+    from ..plot.waves import channel_speeds, input_events, parse_channels, wave_speed
 
     _mpl()  # fail on a missing matplotlib before running anything
     source, xs, states, what = _trajectory(checkpoint, task_sample, input_path, data_dir)
@@ -136,7 +136,7 @@ def speed(checkpoint, task_sample, input_path, data_dir, as_json):
     An untrained wrnn gives +1, wrnn-identity 0. For iRNN/LSTM/GRU the units are read as a ring in index
     order, which only means something for irnn-shift.
     """
-    from .waves import channel_speeds, wave_speed
+    from ..plot.waves import channel_speeds, wave_speed
 
     source, xs, states, what = _trajectory(checkpoint, task_sample, input_path, data_dir)
     overall, per = wave_speed(states), channel_speeds(states)
@@ -161,9 +161,9 @@ def speed(checkpoint, task_sample, input_path, data_dir, as_json):
 @click.option("--dpi", type=click.IntRange(50, 600), default=120, show_default=True)
 def curves(run_dirs, metric, x_key, logy, out, size, dpi):
     """Overlay the training curves of several runs (their metrics.jsonl), labelled by arch and config."""
-    from .figures import _mpl, curves_figure, save_figure
-    from .runs import check_metric, load_run, run_labels
-    from .waves import PlotError
+    from ..plot.figures import _mpl, curves_figure, save_figure
+    from ..plot.runs import check_metric, load_run, run_labels
+    from ..plot.waves import PlotError
 
     _mpl()
     runs = [load_run(p) for p in run_dirs]

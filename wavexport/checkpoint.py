@@ -1,0 +1,124 @@
+"""The checkpoint: one typed record of a run, written atomically and read back with clear errors.
+
+``checkpoint.pt`` holds everything a run needs to resume exactly (weights, optimizer, schedule, RNG states,
+position); ``best.pt`` the model at its best evaluation, without the resume state. Nothing outside this module
+reads the file's keys: everyone else uses :class:`Checkpoint`'s fields.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import TrainConfig
+from .core.errors import CheckpointError, ModelConfigError
+from .core.io import atomic_write
+from .models import RecurrentModel, build_model
+from .tasks import Task, task_from_state
+
+FORMAT = "wavexport.checkpoint/1"
+RUN_FILES = ("best.pt", "checkpoint.pt")  # what a run directory holds, in the order ``load`` prefers them
+
+
+@dataclass
+class Checkpoint:
+    train_config: TrainConfig
+    model_config: dict                  # the resolved model config: {"arch", "n_in", "n_out", **kwargs}
+    task: dict                          # the task's state: {"name", "args"}
+    model: dict                         # the model's state_dict (CPU tensors)
+    metrics: dict = field(default_factory=dict)   # the best evaluation's metrics (what ``eval`` and exports report)
+    progress: dict = field(default_factory=dict)  # step, epoch, batch, ... (trainer bookkeeping)
+    best: dict = field(default_factory=dict)
+    solved_at: int | None = None
+    optimizer: dict | None = None       # resume state: present in checkpoint.pt, absent in best.pt
+    scheduler: dict | None = None
+    rng: dict | None = None
+    wavexport_version: str = __version__
+    path: str | None = field(default=None, compare=False)  # where it was read from
+
+    # --- building ------------------------------------------------------------------------------------------------
+    @classmethod
+    def of(cls, model: RecurrentModel, model_config: dict, task: Task, train_config: TrainConfig | None = None,
+           **extra) -> "Checkpoint":
+        """A checkpoint of ``model`` as it is now (tools and tests that make models without training them)."""
+        cfg = train_config or TrainConfig(task=task.name, arch=model_config.get("arch", "wrnn"))
+        return cls(train_config=cfg, model_config=dict(model_config), task=task.state_dict(),
+                   model={k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra)
+
+    def build(self) -> tuple[RecurrentModel, Task]:
+        """(model in eval mode on the CPU, task) exactly as trained, the psMNIST permutation included."""
+        try:
+            model = build_model(self.model_config)
+            model.load_state_dict(self.model)
+            task = task_from_state(self.task)
+        except (ModelConfigError, KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{self.path or 'checkpoint'}: cannot rebuild the model ({e})") from None
+        return model.eval(), task
+
+    # --- what it says --------------------------------------------------------------------------------------------
+    @property
+    def task_name(self) -> str:
+        return self.task["name"]
+
+    @property
+    def arch(self) -> str:
+        return self.model_config.get("arch", "?")
+
+    @property
+    def resumable(self) -> bool:
+        return self.optimizer is not None
+
+    def test_metrics(self) -> dict:
+        """The test metrics (taken at the best validation point) and what qualifies them (eval_limit, solved_at)."""
+        return {k: v for k, v in self.metrics.items() if k.startswith("test_") or k in ("eval_limit", "solved_at")}
+
+    # --- files ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+        d["train_config"] = self.train_config.to_dict()
+        return {"format": FORMAT, **{k: v for k, v in d.items() if v is not None or k == "solved_at"}}
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write(path, lambda tmp: torch.save(self.to_dict(), tmp))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu") -> "Checkpoint":
+        """A ``.pt`` file, or a run directory (its ``best.pt``, else its ``checkpoint.pt``)."""
+        path = Path(path)
+        if path.is_dir():
+            for name in RUN_FILES:
+                if (path / name).exists():
+                    path = path / name
+                    break
+            else:
+                raise CheckpointError(f"{path} is a directory without best.pt or checkpoint.pt")
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such file")
+        try:
+            raw = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - zip, pickle and EOF errors all mean "not readable"
+            raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a wavexport checkpoint (no '{FORMAT}' format tag)")
+        for key in ("model_config", "task", "model"):
+            if key not in raw:
+                raise CheckpointError(f"{path} is incomplete: missing '{key}'")
+        known = {f.name for f in fields(cls)} - {"path", "train_config"}
+        tc = raw.get("train_config") or {"task": raw["task"].get("name", ""),
+                                         "arch": raw["model_config"].get("arch", "wrnn")}
+        try:
+            return cls(train_config=TrainConfig.from_dict(tc), path=str(path),
+                       **{k: v for k, v in raw.items() if k in known and v is not None})
+        except TypeError as e:
+            raise CheckpointError(f"{path} is damaged ({e})") from None
+
+
+def load_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
+    """:meth:`Checkpoint.load`, passing a loaded one through (so functions take either)."""
+    return path if isinstance(path, Checkpoint) else Checkpoint.load(path)
+
+
+__all__ = ["Checkpoint", "CheckpointError", "FORMAT", "RUN_FILES", "load_checkpoint"]
