@@ -95,7 +95,7 @@ def parity_inputs(task, batch: int, seed: int = PARITY_SEED) -> torch.Tensor:
     """Inputs [batch, T, n_in] in the task's own range: a synthetic task's samples; for image tasks uniform
     values in [0, 1] (the range of scaled pixels), so no data set is needed to verify."""
     gen = torch.Generator().manual_seed(seed + batch)
-    if hasattr(task, "sample"):
+    if task.kind == "synthetic":
         return task.sample(batch, gen)[0].float()
     return torch.rand(batch, task.seq_len, task.n_in, generator=gen)
 
