@@ -45,6 +45,8 @@ from .common import RegistryChoice, arch_names, fmt_duration, fmt_metrics, int_l
 @click.option("--eval-every", type=click.IntRange(1), help="Synthetic tasks: steps between evaluations.")
 @click.option("--eval-batch", type=click.IntRange(1), help="Synthetic tasks: size of the held-out batch.")
 @click.option("--checkpoint-every", type=click.IntRange(1), help="Also checkpoint every N steps.")
+@click.option("--stop-when-solved", is_flag=True, default=None,
+              help="Adding: end the run at the first evaluation whose held-out MSE is <= 0.05.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for torch [default: torch's choice, one per "
               "core]. 1 avoids stalls when other jobs share the cores.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter count; train nothing.")

@@ -72,7 +72,7 @@ class Trainer:
             self._restore(resumed)
 
     # --- config / checkpoint -------------------------------------------------------------------------------------
-    RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every")
+    RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every", "stop_when_solved")
 
     @staticmethod
     def _merge_resume(cli: TrainConfig, saved: TrainConfig, overrides: dict) -> TrainConfig:
@@ -250,7 +250,7 @@ class Trainer:
 
     def _run_synthetic(self, total: int) -> None:
         cfg, p = self.cfg, self.progress
-        while p["step"] < total and not self._stop:
+        while p["step"] < total and not self._stop and not self.stopped_solved:
             xs, y = self.task.sample(cfg.batch_size, self.gen)
             loss = self._train_step(xs.to(self.device), y.to(self.device))
             self.sched.step()
@@ -263,6 +263,11 @@ class Trainer:
                 self.save()
             elif p["step"] % cfg.checkpoint_every == 0:
                 self.save()
+
+    @property
+    def stopped_solved(self) -> bool:
+        """The run asked to end once solved (``stop_when_solved``) and is: it counts as complete."""
+        return bool(self.cfg.stop_when_solved and self.solved_at is not None)
 
     def _score(self, split: str) -> dict:
         """Task metrics on the held-out ``split`` (test_stream: the same data eval and the exports use)."""

@@ -1,0 +1,105 @@
+"""Run an experiment's runs: each one an ordinary ``wavexport train`` process on its own run directory.
+
+A subprocess per run keeps runs independent (one thread each, side by side with ``jobs``), and makes an interrupted
+experiment resumable by construction: a run directory with a checkpoint is continued with ``--resume``, a finished
+one returns at once.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .experiments import RunSpec
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    path: Path
+    returncode: int
+    skipped: bool = False      # already complete: nothing was run
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def interrupted(self) -> bool:
+        return self.returncode == 130
+
+
+def run_dir(root: Path, spec: RunSpec) -> Path:
+    return Path(root) / "runs" / spec.name
+
+
+def is_complete(path: Path, spec: RunSpec | None = None) -> bool:
+    """Whether the run in ``path`` has used its budget (the spec's, else its own) or stopped solved."""
+    from ..checkpoint import Checkpoint
+    from ..core.errors import CheckpointError
+
+    ck_path = path / "checkpoint.pt"
+    if not ck_path.is_file():
+        return False
+    try:
+        ck = Checkpoint.load(ck_path)
+    except CheckpointError:
+        return False
+    cfg, p = ck.train_config, ck.progress
+    want = spec.opts if spec is not None else {}
+    steps, epochs = want.get("steps", cfg.steps), want.get("epochs", cfg.epochs)
+    if want.get("stop_when_solved", cfg.stop_when_solved) and ck.solved_at is not None:
+        return True
+    if steps and p.get("step", 0) >= steps:
+        return True
+    return bool(epochs and not steps and p.get("epoch", 0) >= epochs)
+
+
+def train_command(spec: RunSpec, path: Path, threads: int = 1, device: str = "auto") -> list[str]:
+    cmd = [sys.executable, "-m", "wavexport", "train", *spec.argv(), "--out", str(path), "--quiet",
+           "--threads", str(threads), "--device", device]
+    if (path / "checkpoint.pt").is_file():
+        cmd.append("--resume")
+    return cmd
+
+
+def run_all(specs: list[RunSpec], root: Path, jobs: int = 1, threads: int = 1, device: str = "auto",
+            on_start: Callable[[RunSpec], None] | None = None,
+            on_done: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
+    """Run (or resume) every spec under ``root/runs/``, ``jobs`` at a time; each run's output goes to its
+    ``train.log``. Ctrl-C reaches every child (same process group): each saves a checkpoint and exits 130."""
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def one(spec: RunSpec) -> RunOutcome:
+        path = run_dir(root, spec)
+        if is_complete(path, spec):
+            out = RunOutcome(spec, path, 0, skipped=True)
+        elif stop.is_set():
+            out = RunOutcome(spec, path, 130)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            cmd = train_command(spec, path, threads, device)
+            if on_start:
+                with lock:
+                    on_start(spec)
+            with open(path / "train.log", "a") as log:
+                log.write("$ " + " ".join(cmd[1:]) + "\n")
+                log.flush()
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+            if rc == 130:
+                stop.set()
+            out = RunOutcome(spec, path, rc)
+        if on_done:
+            with lock:
+                on_done(out)
+        return out
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, specs))
