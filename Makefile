@@ -7,6 +7,10 @@ BIN     = $(VENV)/bin
 # where missing files are downloaded.
 export WAVEXPORT_DATA ?= $(firstword $(wildcard $(abspath ../shared/data)))
 RUN    ?= runs/quickstart
+# CPU threads for every command of the demo (e.g. make demo THREADS=1 on a shared machine); empty: each command's
+# default, chosen from the model's work per step (docs/CLI.md#threads).
+THREADS ?=
+TH      = $(if $(THREADS),--threads $(THREADS))
 
 .PHONY: demo test install clean
 
@@ -20,10 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/wavexport train psmnist --preset quick --out $(RUN) $$([ -f $(RUN)/checkpoint.pt ] && echo --resume)
-	$(BIN)/wavexport eval $(RUN)
-	$(BIN)/wavexport export $(RUN) $(RUN)/model.onnx
-	$(BIN)/wavexport sample $(RUN)/model.onnx --index 0 | $(BIN)/wavexport run $(RUN)/model.onnx --stream --every 196
+	$(BIN)/wavexport train psmnist --preset quick --out $(RUN) $(TH) $$([ -f $(RUN)/checkpoint.pt ] && echo --resume)
+	$(BIN)/wavexport eval $(RUN) $(TH)
+	$(BIN)/wavexport export $(RUN) $(RUN)/model.onnx $(TH)
+	$(BIN)/wavexport sample $(RUN)/model.onnx --index 0 | $(BIN)/wavexport run $(RUN)/model.onnx --stream --every 196 $(TH)
 
 test: install
 	$(BIN)/python -m pytest

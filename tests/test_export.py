@@ -5,18 +5,22 @@ files, int8, and the step graph in a second runtime (onnx.reference).
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 import torch
 from torch import nn
 
 from wavexport.cli import export as commands
 from wavexport.exporters import onnx_export, pipeline, quantize
 from wavexport.core.contract import read_contract
+from wavexport.core.errors import StreamError, VerificationError
 from wavexport.exporters.inspect import count_parameters
+from wavexport.runtime import StreamingSession
 from wavexport.models import ARCHS, RecurrentModel, build_model, resolve_config
 from wavexport.models.registry import ArchSpec
 from wavexport.tasks import load_mnist, make_task
@@ -87,7 +91,7 @@ def max_err(a, b):
 
 
 # --- the matrix -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("opset", [13, 17, LATEST_OPSET])
+@pytest.mark.parametrize("opset", [13, 17, pytest.param(LATEST_OPSET, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("mode", ["step", "sequence"])
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_export_and_chained_parity(ckpts, tmp_path, arch, mode, opset):
@@ -145,10 +149,15 @@ def test_fixed_batch_gives_static_shapes_and_rejects_other_batches(ckpts, tmp_pa
         sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         xs = torch.rand(1, 3, 10)
         run_onnx(sess, mode, xs, ["h", "c"])
-        with pytest.raises(Exception):
+        x_name = "xs" if mode == "sequence" else "x"
+        with pytest.raises(InvalidArgument, match=rf"invalid dimensions for input: {x_name} for the following "
+                                                  r"indices\s+index: 0 Got: 2 Expected: 1"):
             run_onnx(sess, mode, torch.rand(2, 3, 10), ["h", "c"])
+        with pytest.raises(StreamError, match=r"^this model was exported with a fixed batch of 1; reset\(1\)$"):
+            StreamingSession(out).reset(2)
 
 
+@pytest.mark.slow
 def test_static_then_dynamic_dynamo_exports_in_one_process_keep_the_batch_dynamic(ckpts, tmp_path):
     """torch.export caches specialisations: a fixed-batch export must not leak into the next dynamic one."""
     pipeline.export_checkpoint(ckpts["gru"], tmp_path / "fixed.onnx", opset=LATEST_OPSET, batch=3)
@@ -161,7 +170,8 @@ def test_static_then_dynamic_dynamo_exports_in_one_process_keep_the_batch_dynami
 
 
 # --- a second runtime ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch,opset", [("wrnn", 13), ("wrnn-mlp", LATEST_OPSET), ("lstm", 17)])
+@pytest.mark.parametrize("arch,opset", [("wrnn", 13), pytest.param("wrnn-mlp", LATEST_OPSET, marks=pytest.mark.slow),
+                                        ("lstm", 17)])
 def test_step_graph_agrees_in_the_onnx_reference_evaluator(ckpts, tmp_path, arch, opset):
     from onnx.reference import ReferenceEvaluator
 
@@ -259,27 +269,40 @@ def test_bad_inputs_give_one_line_errors_and_leave_no_file(ckpts, tmp_path, monk
     blob = ckpts["wrnn"].read_bytes()
     (tmp_path / "truncated.pt").write_bytes(blob[: len(blob) // 2])
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    assert_one_line_error(cli("export", tmp_path / "junk.pt", out), "not a readable checkpoint")
-    assert_one_line_error(cli("export", tmp_path / "truncated.pt", out), "not a readable checkpoint")
-    assert_one_line_error(cli("export", tmp_path / "other.pt", out), "not a wavexport checkpoint")
-    assert_one_line_error(cli("export", tmp_path / "missing.pt", out), "no such file")
-    for opset in ("12", "22", "seventeen"):
-        assert_one_line_error(cli("export", ckpts["wrnn"], out, "--opset", opset), "opset", "13 to 21")
+    assert_one_line_error(cli("export", tmp_path / "junk.pt", out), "not a readable checkpoint",
+                          f"error: {tmp_path / 'junk.pt'} is not a readable checkpoint (")
+    assert_one_line_error(cli("export", tmp_path / "truncated.pt", out), "not a readable checkpoint",
+                          f"error: {tmp_path / 'truncated.pt'} is not a readable checkpoint (")
+    assert_one_line_error(cli("export", tmp_path / "other.pt", out), "not a wavexport checkpoint",
+                          "other.pt is not a wavexport checkpoint (no 'wavexport.checkpoint/1' format tag)")
+    assert_one_line_error(cli("export", tmp_path / "missing.pt", out), "no such file",
+                          f"error: {tmp_path / 'missing.pt'}: no such file")
+    for opset in ("12", "22"):
+        assert_one_line_error(cli("export", ckpts["wrnn"], out, "--opset", opset), "opset", "13 to 21",
+                              f"error: opset {opset} is not supported: choose 13 to 21 (default 17)")
+    assert_one_line_error(cli("export", ckpts["wrnn"], out, "--opset", "seventeen"), "opset", "13 to 21",
+                          "error: --opset must be an integer from 13 to 21, got 'seventeen'")
     for batch in ("0", "many"):
-        assert_one_line_error(cli("export", ckpts["wrnn"], out, "--batch", batch), "--batch")
+        assert_one_line_error(cli("export", ckpts["wrnn"], out, "--batch", batch), "--batch",
+                              f"error: --batch must be 'dynamic' or a positive integer, got '{batch}'")
     dest.mkdir()
-    assert_one_line_error(cli("export", ckpts["wrnn"], dest), "is a directory")
+    assert_one_line_error(cli("export", ckpts["wrnn"], dest), "is a directory",
+                          f"error: {dest} is a directory; give the path of the .onnx file to write")
 
     monkeypatch.setitem(ARCHS, "growing", ArchSpec(GrowingRNN))
     task = make_task("copy", 5)
     cfg = resolve_config("growing", task.n_in, task.n_out)
     Checkpoint.of(build_model(cfg), cfg, task).save(tmp_path / "growing.pt")
     assert_one_line_error(cli("export", tmp_path / "growing.pt", out, "--mode", "sequence"),
-                          "cannot be expressed", "state 'h'")
+                          "cannot be expressed", "state 'h'",
+                          "error: GrowingRNN cannot be expressed as a fixed-state recurrence: state 'h' changes shape "
+                          "from [2, 4] to [2, 8] in one step")
     assert list(dest.iterdir()) == []  # no file, no temp file
 
-    assert_one_line_error(cli("inspect", tmp_path / "junk.pt"), "not")
-    assert_one_line_error(cli("inspect", tmp_path / "nothing.onnx"), "no such file")
+    assert_one_line_error(cli("inspect", tmp_path / "junk.pt"), "not",
+                          f"error: {tmp_path / 'junk.pt'} is not a readable ONNX file (")
+    assert_one_line_error(cli("inspect", tmp_path / "nothing.onnx"), "no such file",
+                          f"error: {tmp_path / 'nothing.onnx'}: no such file")
 
 
 def _nudge_a_weight(real):
@@ -303,6 +326,15 @@ def test_parity_failure_exits_non_zero_with_the_error_and_keeps_the_old_file(ckp
     assert err.startswith("error: parity check failed") and "max |error| outputs" in err and "1e-04" in err
     reported = float(err.split("max |error| outputs ")[1].split(",")[0])
     assert reported > TOL
+    # progress lines, then exactly one error line, all on stderr; nothing on stdout, no traceback
+    assert r.stdout == "" and "Traceback" not in r.output
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")] == [err]
+    assert re.fullmatch(r"error: parity check failed: ONNX Runtime vs PyTorch over 25 chained steps at batch 1, 3: "
+                        r"max \|error\| outputs \S+, final state \S+ \(tolerance 1e-04\) FAILED \(.*", err), err
+    assert out.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    with pytest.raises(VerificationError, match=r"^parity check failed: ONNX Runtime vs PyTorch over 25 chained steps"):
+        pipeline.export_checkpoint(ckpts["wrnn"], out)
     assert out.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
@@ -340,6 +372,10 @@ def test_int8_that_loses_too_much_fails_and_says_by_how_much(ckpts, tmp_path, mo
     assert r.exit_code == 1, r.output
     err = r.output.splitlines()[-1]
     assert err.startswith("error: int8 raises the test loss by") and "allowed" in err
+    assert r.stdout == "" and "Traceback" not in r.output
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")] == [err]
+    assert re.fullmatch(r"error: int8 raises the test loss by -?\d+\.\d{5} \(allowed -1\.00000\): test loss on 1000 "
+                        r"samples: int8 \d+\.\d{5} vs fp32 \d+\.\d{5} \(.*\)", err), err
     assert list(tmp_path.iterdir()) == []
 
 

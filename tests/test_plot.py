@@ -1,5 +1,6 @@
 """`wavexport plot`: the wave-speed estimator (no matplotlib needed), the CLI's errors, and real PNG/GIF files."""
 import json
+import re
 import sys
 
 import numpy as np
@@ -87,11 +88,13 @@ def test_channels_moving_in_opposite_directions_are_told_apart():
 
 
 def test_estimator_rejects_too_short_or_misshapen_input():
-    with pytest.raises(PlotError, match="3 time steps"):
+    with pytest.raises(PlotError, match=r"^wave speed needs at least 3 time steps, got 2$"):
         wave_speed(np.zeros((2, 5)))
-    with pytest.raises(PlotError, match="states"):
+    with pytest.raises(PlotError, match=r"^wave speed needs states \[T, N\] or \[T, C, N\], got shape \[5\]$"):
         wave_speed(np.zeros(5))
-    with pytest.raises(PlotError, match="NaN"):
+    with pytest.raises(PlotError, match=r"^wave speed needs states \[T, N\] or \[T, C, N\], got shape \[2, 3, 4, 5\]$"):
+        wave_speed(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(PlotError, match=r"^the hidden state holds NaN or infinite values \(a diverged model\?\)$"):
         wave_speed(np.full((4, 3), np.inf))
 
 
@@ -179,14 +182,17 @@ def test_load_input_accepts_the_documented_shapes_and_rejects_others(tmp_path):
     np.save(tmp_path / "one.npy", np.arange(5.0))
     assert load_input(tmp_path / "one.npy", 1).shape == (5, 1)
     np.save(tmp_path / "bad.npy", np.zeros((6, 3)))
-    with pytest.raises(PlotError, match=r"shape \[6, 3\].*\[T, 2\]"):
+    with pytest.raises(PlotError, match="^" + re.escape(f"--input {tmp_path / 'bad.npy'} has shape [6, 3]; this model "
+                                                         "takes [T, 2] or [1, T, 2] (n_in = 2)") + "$"):
         load_input(tmp_path / "bad.npy", 2)
     np.save(tmp_path / "nan.npy", np.full((6, 2), np.nan))
-    with pytest.raises(PlotError, match="NaN"):
+    with pytest.raises(PlotError, match="^" + re.escape(f"--input {tmp_path / 'nan.npy'} contains NaN or infinite "
+                                                         "values") + "$"):
         load_input(tmp_path / "nan.npy", 2)
     np.savez(tmp_path / "z.npz", a=seq)
-    with pytest.raises(InputError, match="npz"):  # from the shared .npy reader
-        load_input(tmp_path / "z.npz", 2)
+    with pytest.raises(InputError, match="^" + re.escape(f"--input {tmp_path / 'z.npz'} holds several arrays (.npz); "
+                                                         "save one array with numpy.save") + "$"):
+        load_input(tmp_path / "z.npz", 2)  # from the shared .npy reader
 
 
 def test_parse_channels():
@@ -196,7 +202,7 @@ def test_parse_channels():
     assert parse_channels("all", 3) == [0, 1, 2]
     with pytest.raises(PlotError, match=r"--channels 6 is out of range: the model has 6 channels \(0..5\)"):
         parse_channels("0,6", 6)
-    with pytest.raises(PlotError, match="integers"):
+    with pytest.raises(PlotError, match=r"^--channels expects comma-separated integers or 'all', got 'a,b'$"):
         parse_channels("a,b", 6)
 
 
@@ -235,18 +241,28 @@ def test_an_exported_onnx_model_shows_the_same_states_as_its_checkpoint(tmp_path
 def test_cli_errors_are_one_line(tmp_path):
     ck = make_checkpoint(tmp_path / "c.pt", task="adding", seq=20)
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
-    assert_one_line_error(cli("plot", "speed", tmp_path / "m.onnx"), "not a wavexport export")
-    assert_one_line_error(cli("plot", "speed", tmp_path / "nope.pt"), "no such file")
+    assert_one_line_error(cli("plot", "speed", tmp_path / "m.onnx"), "not a wavexport export",
+                          "error: not a wavexport export: metadata lacks wavexport.format, wavexport.version, task")
+    assert_one_line_error(cli("plot", "speed", tmp_path / "nope.pt"), "no such file",
+                          f"error: {tmp_path / 'nope.pt'}: no such file")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert_one_line_error(cli("plot", "speed", tmp_path / "junk.pt"), "not a readable checkpoint")
+    assert_one_line_error(cli("plot", "speed", tmp_path / "junk.pt"), "not a readable checkpoint",
+                          f"error: {tmp_path / 'junk.pt'} is not a readable checkpoint (")
     np.save(tmp_path / "s.npy", np.zeros((8, 2)))
-    assert_one_line_error(cli("plot", "speed", ck, "--input", tmp_path / "s.npy", "--task-sample", 1), "not both")
+    assert_one_line_error(cli("plot", "speed", ck, "--input", tmp_path / "s.npy", "--task-sample", 1), "not both",
+                          "error: give --task-sample or --input, not both")
     np.save(tmp_path / "bad.npy", np.zeros((8, 5)))
-    assert_one_line_error(cli("plot", "speed", ck, "--input", tmp_path / "bad.npy"), "shape [8, 5]", "n_in = 2")
-    assert_one_line_error(cli("plot", "curves", tmp_path), "has no metrics.jsonl")
-    assert_one_line_error(cli("plot", "curves", ck), "is a file: give the run directory")
+    assert_one_line_error(cli("plot", "speed", ck, "--input", tmp_path / "bad.npy"), "shape [8, 5]", "n_in = 2",
+                          f"error: --input {tmp_path / 'bad.npy'} has shape [8, 5]; this model takes [T, 2] or "
+                          "[1, T, 2] (n_in = 2)")
+    assert_one_line_error(cli("plot", "curves", tmp_path), "has no metrics.jsonl",
+                          f"error: {tmp_path} has no metrics.jsonl (is it a run directory written by `wavexport "
+                          "train`?)")
+    assert_one_line_error(cli("plot", "curves", ck), "is a file: give the run directory",
+                          f"error: {ck} is a file: give the run directory (the one holding metrics.jsonl)")
     (tmp_path / "bad.jsonl").write_text('{"step": 1, "val_loss": 0.5}\nnot json\n')
-    assert_one_line_error(cli("plot", "curves", tmp_path / "bad.jsonl"), "bad.jsonl:2: not a JSON line")
+    assert_one_line_error(cli("plot", "curves", tmp_path / "bad.jsonl"), "bad.jsonl:2: not a JSON line",
+                          f"error: {tmp_path / 'bad.jsonl'}:2: not a JSON line (")
 
 
 def test_missing_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
@@ -269,6 +285,7 @@ def _image(path):
     return im
 
 
+@pytest.mark.slow
 def test_waves_png_and_gif_decode_with_the_requested_sizes(tmp_path):
     pytest.importorskip("matplotlib")
     ck = make_checkpoint(tmp_path / "c.pt", task="copy", seq=10)  # 30 steps
@@ -296,7 +313,8 @@ def test_waves_for_a_fully_connected_rnn_and_a_gif_only_output(tmp_path):
     r = cli("plot", "waves", make_checkpoint(tmp_path / "w.pt"), "--out", tmp_path / "only.gif", "--gif-frames", 10)
     assert r.exit_code == 0, r.output
     assert _image(tmp_path / "only.gif").n_frames == 10 and not (tmp_path / "only.png").exists()
-    assert_one_line_error(cli("plot", "waves", ck, "--out", tmp_path / "w.xyz"), "cannot write a xyz file")
+    assert_one_line_error(cli("plot", "waves", ck, "--out", tmp_path / "w.xyz"), "cannot write a xyz file",
+                          f"error: {tmp_path / 'w.xyz'}: cannot write a xyz file; use .png, .pdf or .svg")
 
 
 def _fake_run(path, arch, losses):
@@ -320,10 +338,15 @@ def test_curves_overlay_runs_labelled_by_arch_and_size(tmp_path):
     assert "wave: wrnn 3×12, lr 0.001: val_loss last 0.001 at step 200, best 0.001 at step 200" in r.output
     assert "base: irnn 12, lr 0.001: val_loss last 1.95 at step 200, best 1.9 at step 150" in r.output
     assert_one_line_error(cli("plot", "curves", a, b, "--metric", "val_mse", "--out", out),
-                          "no metric 'val_mse'", "lr, train_loss, val_loss, val_acc")
-    assert_one_line_error(cli("plot", "curves", a, "--x", "epoch", "--out", out), "use --x step")
+                          "no metric 'val_mse'", "lr, train_loss, val_loss, val_acc",
+                          f"error: {a} has no metric 'val_mse' in metrics.jsonl; available in every run: lr, "
+                          "train_loss, val_loss, val_acc")
+    assert_one_line_error(cli("plot", "curves", a, "--x", "epoch", "--out", out), "use --x step",
+                          f"error: {a}: no records with both 'epoch' and 'val_acc' (synthetic-task runs have no "
+                          "epochs; use --x step)")
 
 
+@pytest.mark.slow
 def test_curves_of_a_real_training_run(tmp_path):
     pytest.importorskip("matplotlib")
     run = tmp_path / "run"

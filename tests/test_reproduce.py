@@ -12,7 +12,8 @@ from wavexport.config import make_config
 from wavexport.models import build_model
 from wavexport.reproduce import EXPERIMENTS, SCALES, get_experiment
 from wavexport.reproduce.experiments import PAPER_ADDING
-from wavexport.reproduce.report import flops_per_iteration, forward_flops_per_step, read_run
+from wavexport.models.flops import flops_per_iteration, forward_flops_per_step
+from wavexport.reproduce.report import read_run
 from wavexport.reproduce.runner import is_complete, run_dir
 
 

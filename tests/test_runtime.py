@@ -1,6 +1,8 @@
 """The streaming runtime: ONNX vs torch streamers, the stdin protocol, eval/bench on ONNX, the Node.js client."""
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 from wavexport.cli import main
@@ -19,6 +22,8 @@ from wavexport.runtime import StreamError, StreamingSession, TorchStreamer
 from wavexport.checkpoint import load_checkpoint
 from wavexport.config import make_config
 from wavexport.training import Trainer
+
+from cli_helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "examples" / "node"
@@ -52,6 +57,7 @@ def lstm_copy(tmp_path_factory):
     return {"ckpt": d / "run" / "best.pt", "step": d / "step.onnx"}
 
 
+@pytest.mark.slow
 def test_onnx_and_torch_streamers_agree_over_a_full_psmnist_sequence(psmnist):
     ckpt = load_checkpoint(psmnist["ckpt"])
     c = read_contract(psmnist["step"])
@@ -73,6 +79,7 @@ def test_onnx_and_torch_streamers_agree_over_a_full_psmnist_sequence(psmnist):
     assert onnx_s.steps == torch_s.steps == 784
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph", ["step", "seq"])
 def test_feed_matches_chained_steps_and_the_torch_model(psmnist, graph):
     rng = np.random.default_rng(1)
@@ -106,25 +113,35 @@ def test_state_is_readable_and_settable_across_runtimes(lstm_copy):
     got = onnx_s.state
     got["h"][:] = 123.0  # a copy: the session's state is untouched
     assert np.abs(onnx_s.state["h"]).max() < 100
-    with pytest.raises(StreamError, match="state 'c' must be"):
+    with pytest.raises(StreamError, match=r"^state 'c' must be \[batch, 5\], got \[4, 6\]$"):
         onnx_s.state = {"h": np.zeros((4, 5), np.float32), "c": np.zeros((4, 6), np.float32)}
 
 
 def test_input_checks_give_clear_errors(lstm_copy):
     for s in (StreamingSession(lstm_copy["step"]), TorchStreamer(lstm_copy["ckpt"])):
         s.reset(2)
-        with pytest.raises(StreamError, match=r"shape \[2, 9\].*n_in = 10"):
+        with pytest.raises(StreamError, match=r"^x_t has shape \[2, 9\]; expected \[batch, n_in\] with n_in = 10$"):
             s.step(np.zeros((2, 9), np.float32))
-        with pytest.raises(StreamError, match="floating point, got dtype int64"):
+        with pytest.raises(StreamError, match=r"^xs has shape \[2, 3, 9\]; expected \[batch, T, n_in\] with "
+                                              r"n_in = 10$"):
+            s.feed(np.zeros((2, 3, 9), np.float32))
+        with pytest.raises(StreamError, match=r"^x_t must be floating point, got dtype int64 \(raw pixels: multiply by "
+                                              r"input.scale, or use Contract.prepare_inputs\)$"):
             s.step(np.zeros((2, 10), np.int64))
         bad = np.zeros((2, 10), np.float32)
         bad[1, 3] = np.nan
-        with pytest.raises(StreamError, match="NaN"):
+        with pytest.raises(StreamError, match=r"^x_t contains NaN or infinite values$"):
             s.step(bad)
-        with pytest.raises(StreamError, match=r"batch 3 .* reset\(3\)"):
+        bad[1, 3] = -np.inf
+        with pytest.raises(StreamError, match=r"^x_t contains NaN or infinite values$"):
+            s.step(bad)
+        with pytest.raises(StreamError, match=r"^x_t has batch 3 but the stream holds 2; call reset\(3\) to start "
+                                              r"new streams$"):
             s.step(np.zeros((3, 10), np.float32))
-        with pytest.raises(StreamError, match="batch 1"):
+        with pytest.raises(StreamError, match=r"^xs has batch 1 but the stream holds 2; call reset\(1\) to start "
+                                              r"new streams$"):
             s.feed(np.zeros((5, 10), np.float32))  # [T, n_in] means batch 1
+        assert s.steps == 0  # a refused input is not a step
         s.reset(1)
         assert s.step(np.zeros(10, np.float32)).shape == (10,)
         assert s.feed(np.zeros((5, 10))).shape == (5, 10)  # float64 is converted
@@ -134,13 +151,15 @@ def test_foreign_onnx_files_are_refused(tmp_path, lstm_copy):
     m = onnx.load(lstm_copy["step"])
     del m.metadata_props[:]
     onnx.save(m, tmp_path / "plain.onnx")
-    with pytest.raises(ContractError, match="not a wavexport export"):
+    lacks = "not a wavexport export: metadata lacks wavexport.format, wavexport.version, task, "
+    with pytest.raises(ContractError, match="^" + re.escape(lacks)):
         StreamingSession(tmp_path / "plain.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
-    with pytest.raises(ContractError, match="not a readable ONNX file"):
+    with pytest.raises(ContractError, match="^" + re.escape(f"{tmp_path / 'junk.onnx'}: not a readable ONNX file (")):
         StreamingSession(tmp_path / "junk.onnx")
     r = CliRunner().invoke(main, ["run", str(tmp_path / "plain.onnx"), "--stream"], input="1\n")
     assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output
+    assert r.stdout == "" and r.stderr.startswith("error: " + lacks) and len(r.stderr.splitlines()) == 1, r.output
 
 
 def run_stream(model, text, *args):
@@ -168,21 +187,28 @@ def test_stdin_protocol(lstm_copy):
     assert len(out) == 2 and out[0] == out[1] and out[0]["step"] == 0
     # --every
     r = run_stream(model, "\n".join([lines[0]] * 7) + "\n", "--every", "3")
-    assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [2, 5]
+    assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [2, 5, 6]  # --every K: every K-th step, and always the last
 
 
+@pytest.mark.slow
 def test_malformed_lines(lstm_copy):
     model = lstm_copy["step"]
     good = " ".join(["0.5"] * 10)
     r = run_stream(model, f"{good}\n{good}\n1 2 3\n{good}\n")
     assert r.returncode == 2
     assert "line 3: expected 10 values, got 3" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr == "error: line 3: expected 10 values, got 3\n"
     assert len(r.stdout.splitlines()) == 2  # what came before the bad line was already written
-    for bad, why in [("[1, 2", "bad JSON"), ("0.1 x " + " ".join(["1"] * 8), "not a number"),
-                     (" ".join(["nan"] * 10), "NaN"), ("1e39 " + " ".join(["0"] * 9), "float32 range"),
-                     ("[" + ", ".join(["1" + "0" * 400] * 10) + "]", "infinite")]:
+    non_finite = "error: line 1: NaN or infinite value (or beyond float32 range)"
+    for bad, why, line in [("[1, 2", "bad JSON", r"error: line 1: bad JSON array \(.+\)"),
+                           ("0.1 x " + " ".join(["1"] * 8), "not a number",
+                            re.escape("error: line 1: not a number: 'x'")),
+                           (" ".join(["nan"] * 10), "NaN", re.escape(non_finite)),
+                           ("1e39 " + " ".join(["0"] * 9), "float32 range", re.escape(non_finite)),
+                           ("[" + ", ".join(["1" + "0" * 400] * 10) + "]", "infinite", re.escape(non_finite))]:
         r = run_stream(model, bad + "\n")
         assert r.returncode == 2 and why in r.stderr, r.stderr
+        assert re.fullmatch(line + "\n", r.stderr) and r.stdout == "", r.stderr
     r = run_stream(model, f"{good}\nbogus\n{good}\n", "--skip-bad")
     assert r.returncode == 0
     assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [0, 1]
@@ -226,6 +252,7 @@ def test_a_consumer_that_goes_away_ends_the_stream_quietly(lstm_copy):
     assert p.stderr.read() == ""
 
 
+@pytest.mark.slow
 def test_batched_run_from_npy(tmp_path, psmnist):
     rng = np.random.default_rng(2)
     xs = rng.random((3, 784, 1), dtype=np.float32)
@@ -249,13 +276,21 @@ def test_batched_run_from_npy(tmp_path, psmnist):
     assert json.loads(r.output)["pred"] == ref.feed(task_xs)[:, -1].argmax(-1).tolist()
     r = CliRunner().invoke(main, ["run", str(psmnist["step"]), "--input", str(tmp_path / "raw.npy")])
     assert r.exit_code == 2 and "needs --raw" in r.output
+    assert_one_line_error(r, f"error: {tmp_path / 'raw.npy'}: dtype uint8; raw integer data needs --raw")
     np.savez(tmp_path / "two.npz", a=xs, b=xs)
     np.save(tmp_path / "empty.npy", np.zeros((1, 0, 1), np.float32))
-    for f, why in [("two.npz", "several arrays"), ("empty.npy", "T at least 1"), ("nope.npy", "no such file")]:
+    for f, why, line in [
+            ("two.npz", "several arrays", "error: --input {} holds several arrays (.npz); save one array with "
+                                          "numpy.save"),
+            ("empty.npy", "T at least 1", "error: {}: shape [1, 0, 1]; expected [batch, T, 1] with batch and T at "
+                                          "least 1"),
+            ("nope.npy", "no such file", "error: --input {}: no such file")]:
         r = CliRunner().invoke(main, ["run", str(psmnist["step"]), "--input", str(tmp_path / f)])
         assert r.exit_code == 2 and r.output.startswith("error: ") and why in r.output, r.output
+        assert_one_line_error(r, line.format(tmp_path / f))
 
 
+@pytest.mark.slow
 def test_eval_of_the_onnx_file_equals_the_checkpoint(psmnist):
     runner = CliRunner()
     args = ["--data-dir", str(psmnist["data"]), "--limit", "200", "--json"]
@@ -275,6 +310,7 @@ def test_eval_of_a_synthetic_onnx_export_scores_the_checkpoints_held_out_draw(ls
     assert ox["acc"] == ck["acc"] and abs(ox["loss"] - ck["loss"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_eval_of_a_fixed_batch_export(psmnist, tmp_path):
     export_checkpoint(psmnist["ckpt"], tmp_path / "b4.onnx", batch=4, verify=False)
     assert read_contract(tmp_path / "b4.onnx").batch == 4
@@ -286,6 +322,23 @@ def test_eval_of_a_fixed_batch_export(psmnist, tmp_path):
     assert abs(fixed["loss"] - dynamic["loss"]) < 1e-5
 
 
+TIMINGS = ("onnx_step", "onnx_feed_per_step", "torch_step")
+
+
+def check_bench_report(rep, batches):
+    """Figures that are measured, not made up: positive, finite, percentiles in order, the derived ones consistent."""
+    assert [x["batch"] for x in rep["results"]] == list(batches)
+    for x in rep["results"]:
+        for key in TIMINGS:
+            t = x[key]
+            assert set(t) == {"median_us", "p90_us", "p99_us", "mean_us"}, (key, t)
+            assert all(math.isfinite(v) and v > 0 for v in t.values()), (key, t)
+            assert t["median_us"] <= t["p90_us"] <= t["p99_us"], (key, t)
+        assert x["speedup_vs_torch"] == pytest.approx(x["torch_step"]["median_us"] / x["onnx_step"]["median_us"])
+        assert x["throughput_steps_per_s"] == pytest.approx(x["batch"] * 1e6 / x["onnx_step"]["mean_us"])
+        assert x["feed_throughput_steps_per_s"] == pytest.approx(x["batch"] * 1e6 / x["onnx_feed_per_step"]["mean_us"])
+
+
 def test_bench_reports_both_runtimes(lstm_copy):
     r = CliRunner().invoke(main, ["bench", str(lstm_copy["step"]), "--batch", "1,3", "--steps", "50", "--json"])
     assert r.exit_code == 0, r.output
@@ -295,8 +348,40 @@ def test_bench_reports_both_runtimes(lstm_copy):
         assert 0 < x["onnx_step"]["median_us"] <= x["onnx_step"]["p90_us"] <= x["onnx_step"]["p99_us"]
         assert x["torch_step"]["median_us"] > 0 and x["speedup_vs_torch"] > 0
         assert 0 < x["onnx_feed_per_step"]["median_us"] and x["throughput_steps_per_s"] > 0
+    check_bench_report(rep, [1, 3])
+    assert (rep["steps"], rep["chunk"], rep["threads"]) == (50, 64, 1)
+    assert (rep["arch"], rep["task"], rep["format"]) == ("lstm", "copy", "step/1")
 
 
+def test_bench_api_with_the_checkpoint_and_the_two_steps_it_times_agree(lstm_copy):
+    from wavexport.runtime.bench import bench
+
+    rep = bench(lstm_copy["step"], batches=(1, 3), steps=30, chunk=8, checkpoint=lstm_copy["ckpt"])
+    check_bench_report(rep, [1, 3])
+    assert (rep["steps"], rep["chunk"], rep["threads"]) == (30, 8, 1)
+    assert rep["providers"] == ["CPUExecutionProvider"] and rep["model"] == str(lstm_copy["step"])
+
+    # What bench times side by side computes the same thing: the ONNX step and the eager step of the checkpoint's
+    # model, from the same (non-zero) state and the same x, give the same y and next state, step after step.
+    model = load_checkpoint(lstm_copy["ckpt"]).build()[0]
+    sess = StreamingSession(lstm_copy["step"])
+    rng = np.random.default_rng(4)
+    for b in (1, 3):
+        state = {n: rng.standard_normal((b, 5)).astype(np.float32) for n in ("h", "c")}
+        sess.state = state
+        torch_state = tuple(torch.from_numpy(state[n]) for n in ("h", "c"))
+        for _ in range(5):
+            x = rng.standard_normal((b, 10)).astype(np.float32)
+            y = sess.step(x)
+            with torch.no_grad():
+                ref, torch_state = model.step(torch.from_numpy(x), torch_state)
+            assert y.shape == (b, 10) and np.abs(y).max() > 1e-3
+            assert np.abs(y - ref.numpy()).max() < 1e-5
+            for n, s in zip(("h", "c"), torch_state):
+                assert np.abs(sess.state[n] - s.numpy()).max() < 1e-5
+
+
+@pytest.mark.slow
 def test_sample_pipes_into_stream(psmnist):
     sample = subprocess.run([sys.executable, "-m", "wavexport.cli", "sample", str(psmnist["step"]), "--index", "5",
                              "--data-dir", str(psmnist["data"])], capture_output=True, text=True, timeout=120)
@@ -312,6 +397,7 @@ def test_sample_pipes_into_stream(psmnist):
     assert final["step"] == 783 and np.abs(np.array(final["y"]) - y[-1]).max() < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_node_example_matches_python_onnxruntime(psmnist):
     if not (NODE_DIR / "node_modules" / "onnxruntime-node").exists():

@@ -1,5 +1,6 @@
 import gzip
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -66,8 +67,71 @@ def test_mnist_reader_on_real_files(data_dir):
 def test_missing_data_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"MNIST not found in .*MNIST/raw.*train-images-idx3-ubyte.gz"):
         load_mnist(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="^" + re.escape(
+            f"MNIST not found in {tmp_path / 'nowhere' / 'MNIST' / 'raw'} (expected train-images-idx3-ubyte.gz, "
+            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz). Downloads are off "
+            "(WAVEXPORT_OFFLINE). Put the files there, or point --data-dir / $WAVEXPORT_DATA at a folder holding "
+            "MNIST/raw/.") + "$"):
+        load_mnist(tmp_path / "nowhere")
     with pytest.raises(DataError, match="cifar-10-batches-py"):
         load_cifar10(tmp_path)
+    with pytest.raises(DataError, match="^" + re.escape(
+            f"CIFAR-10 not found in {tmp_path / 'cifar-10-batches-py'} (expected data_batch_1, data_batch_2, "
+            "data_batch_3, data_batch_4, data_batch_5, test_batch). Downloads are off (WAVEXPORT_OFFLINE).")):
+        load_cifar10(tmp_path)
+
+
+def write_idx(path, arr):
+    """An uncompressed IDX file (the format of the MNIST files): magic 0x08 0x<ndim>, big-endian dims, uint8 data."""
+    arr = np.asarray(arr, np.uint8)
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(header + arr.tobytes())
+
+
+def write_tiny_mnist(root, n_train=3, n_test=2, seed=0):
+    """Small uncompressed MNIST files (torchvision keeps these next to the .gz): no real data needed."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    out = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        out[f"{split}-images-idx3-ubyte"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        out[f"{split}-labels-idx1-ubyte"] = rng.integers(0, 10, n, dtype=np.uint8)
+    for name, arr in out.items():
+        write_idx(raw / name, arr)
+    return raw, out
+
+
+def test_mnist_reader_and_its_errors_on_small_written_files(tmp_path):
+    raw, written = write_tiny_mnist(tmp_path)
+    tx, ty, sx, sy = load_mnist(tmp_path, download=False)
+    assert tx.shape == (3, 784) and sx.shape == (2, 784) and tx.dtype == np.uint8 and ty.dtype == np.int64
+    np.testing.assert_array_equal(tx, written["train-images-idx3-ubyte"].reshape(3, 784))
+    np.testing.assert_array_equal(sy, written["t10k-labels-idx1-ubyte"])
+    labels = raw / "train-labels-idx1-ubyte"
+    good = labels.read_bytes()
+    labels.write_bytes(good[:-1])  # one label short of its header
+    with pytest.raises(DataError, match="^" + re.escape(f"{labels}: truncated or padded: header says [3], payload "
+                                                        "is 2 bytes") + "$"):
+        load_mnist(tmp_path, download=False)
+    labels.write_bytes(good + b"\x00")  # one byte too many
+    with pytest.raises(DataError, match=re.escape(f"{labels}: truncated or padded: header says [3], payload is 4")):
+        load_mnist(tmp_path, download=False)
+    labels.write_bytes(good[:6])
+    with pytest.raises(DataError, match="^" + re.escape(f"{labels}: file is truncated (6 bytes)") + "$"):
+        load_mnist(tmp_path, download=False)
+    write_idx(labels, np.zeros((3, 1)))  # images' layout where labels belong
+    with pytest.raises(DataError, match="^" + re.escape(f"{labels}: not an IDX file of 1 dims (magic 0x802)") + "$"):
+        load_mnist(tmp_path, download=False)
+    write_idx(labels, np.zeros(2))  # a valid file with fewer labels than images
+    with pytest.raises(DataError, match="^" + re.escape(f"{raw}: train images (3, 28, 28) and labels (2,) do not "
+                                                        "match") + "$"):
+        load_mnist(tmp_path, download=False)
+    labels.write_bytes(good)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")  # a .gz is read first, md5-checked
+    with pytest.raises(DataError, match="^" + re.escape(f"{raw / 'train-images-idx3-ubyte.gz'} is corrupt or not "
+                                                        "the canonical MNIST file (md5 ")):
+        load_mnist(tmp_path, download=False)
 
 
 def test_corrupt_or_truncated_mnist_is_refused(data_dir, tmp_path):
@@ -79,11 +143,16 @@ def test_corrupt_or_truncated_mnist_is_refused(data_dir, tmp_path):
     victim.write_bytes(victim.read_bytes()[:1000])
     with pytest.raises(DataError, match="corrupt"):
         load_mnist(tmp_path, download=False)
+    with pytest.raises(DataError, match="^" + re.escape(f"{victim} is corrupt or not the canonical MNIST file (md5 ")):
+        load_mnist(tmp_path, download=False)
     # an uncompressed file (torchvision keeps both) that is truncated is caught by its header
     victim.unlink()
     data = gzip.decompress((data_dir / "MNIST/raw/train-labels-idx1-ubyte.gz").read_bytes())
     (raw / "train-labels-idx1-ubyte").write_bytes(data[:-5])
     with pytest.raises(DataError, match="truncated"):
+        load_mnist(tmp_path, download=False)
+    with pytest.raises(DataError, match="^" + re.escape(f"{raw / 'train-labels-idx1-ubyte'}: truncated or padded: "
+                                                        "header says [60000], payload is 59995 bytes") + "$"):
         load_mnist(tmp_path, download=False)
 
 
@@ -127,6 +196,8 @@ def test_cifar_truncated_and_hostile_pickles_are_refused(tmp_path):
     batch.write_bytes(batch.read_bytes()[:500])
     with pytest.raises(DataError, match="data_batch_3 is corrupt or truncated"):
         load_cifar10(tmp_path, download=False)
+    with pytest.raises(DataError, match="^" + re.escape(f"{batch} is corrupt or truncated (UnpicklingError: ")):
+        load_cifar10(tmp_path, download=False)
 
     class Evil:
         def __reduce__(self):
@@ -134,6 +205,9 @@ def test_cifar_truncated_and_hostile_pickles_are_refused(tmp_path):
 
     batch.write_bytes(pickle.dumps({"data": Evil(), "labels": []}))
     with pytest.raises(DataError, match="refusing"):
+        load_cifar10(tmp_path, download=False)
+    hostile = f"{batch} is corrupt or truncated (UnpicklingError: refusing to load builtins.print); delete it to "
+    with pytest.raises(DataError, match="^" + re.escape(hostile + "download it again") + "$"):
         load_cifar10(tmp_path, download=False)
 
 
@@ -146,7 +220,8 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
 
 
 def test_unknown_task_and_bad_lengths():
-    with pytest.raises(ValueError, match="unknown task"):
+    with pytest.raises(ValueError, match=r"^unknown task 'imagenet'; choose one of: copy, adding, smnist, psmnist, "
+                                         r"nscifar10$"):
         make_task("imagenet")
-    with pytest.raises(ValueError, match="784"):
+    with pytest.raises(ValueError, match=r"^psmnist has a fixed length of 784 steps$"):
         make_task("psmnist", 100)

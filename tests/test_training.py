@@ -25,6 +25,7 @@ def read_log(run):
             for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_quick_copy_run_lowers_the_loss(tmp_path):
     r = cli("train", "copy", "--preset", "quick", "--steps", "150", "--out", tmp_path / "run", "--quiet")
     assert r.exit_code == 0, r.output
@@ -37,6 +38,7 @@ def test_quick_copy_run_lowers_the_loss(tmp_path):
     assert not list((tmp_path / "run").glob("*.tmp"))  # atomic writes leave no temp files
 
 
+@pytest.mark.slow
 def test_psmnist_end_to_end_on_real_mnist_and_eval_reads_it_back(tmp_path, data_dir, monkeypatch):
     run = tmp_path / "ps"
     r = cli("train", "psmnist", *TINY_MNIST, "--steps", "4", "--data-dir", data_dir, "--out", run, "--quiet")
@@ -69,7 +71,7 @@ def _stopper(at):
     return hook
 
 
-@pytest.mark.parametrize("kind", ["synthetic", "dataset"])
+@pytest.mark.parametrize("kind", ["synthetic", pytest.param("dataset", marks=pytest.mark.slow)])
 def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, kind, request):
     if kind == "synthetic":
         cfg = make_config("copy", "wrnn", "quick", seq=5, channels=3, ring=12, batch_size=16, steps=12,
@@ -96,6 +98,7 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, kind,
     assert read_log(tmp_path / "a") == read_log(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "wavexport.cli", "train", *TINY_COPY, "--steps", "100000", "--eval-every", "20",
@@ -115,30 +118,57 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert load_checkpoint(run / "checkpoint.pt").progress["step"] == step + 3
 
 
-def test_clear_errors(tmp_path, data_dir):
-    assert_one_line_error(cli("train", "psmnist", "--data-dir", tmp_path / "empty", "--out", tmp_path / "x", "--quiet"),
-                    "MNIST not found", "train-images-idx3-ubyte.gz")
+def test_clear_errors(tmp_path):
+    """None of these needs the real MNIST files."""
+    empty = tmp_path / "empty"
+    assert_one_line_error(cli("train", "psmnist", "--data-dir", empty, "--out", tmp_path / "x", "--quiet"),
+                          "MNIST not found", "train-images-idx3-ubyte.gz",
+                          f"error: MNIST not found in {empty / 'MNIST' / 'raw'} (expected train-images-idx3-ubyte.gz, "
+                          "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz). "
+                          "Downloads are off (WAVEXPORT_OFFLINE).")
+    assert not (tmp_path / "x").exists()
+    fake = tmp_path / "fake" / "MNIST" / "raw"
+    fake.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (fake / f"{name}.gz").write_bytes(b"\x1f\x8b garbage")
+    assert_one_line_error(cli("train", "smnist", "--data-dir", tmp_path / "fake", "--out", tmp_path / "y", "--quiet"),
+                          "corrupt", f"error: {fake / 'train-images-idx3-ubyte.gz'} is corrupt or not the canonical "
+                          "MNIST file (md5 ", "); delete it to download it again")
+    assert_one_line_error(cli("eval", tmp_path / "missing.pt"), "no such file",
+                          f"error: {tmp_path / 'missing.pt'}: no such file")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(cli("eval", tmp_path / "junk.pt"), "not a readable checkpoint",
+                          f"error: {tmp_path / 'junk.pt'} is not a readable checkpoint (")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    assert_one_line_error(cli("eval", tmp_path / "other.pt"), "not a wavexport checkpoint",
+                          "other.pt is not a wavexport checkpoint (no 'wavexport.checkpoint/1' format tag)")
+    assert_one_line_error(cli("train", "copy", "--arch", "irnn", "--channels", "4", "--dry-run"), "does not apply",
+                          "error: option 'channels' does not apply to arch 'irnn' (it takes: hidden, ")
+
+
+def test_a_corrupt_mnist_test_file_is_a_clear_error(tmp_path, data_dir):
+    """The real training files next to a damaged test file: the test split is checked too, before training."""
     corrupt = tmp_path / "corrupt"
     (corrupt / "MNIST" / "raw").mkdir(parents=True)
     for f in (data_dir / "MNIST" / "raw").glob("*.gz"):
         (corrupt / "MNIST" / "raw" / f.name).write_bytes(f.read_bytes())
     (corrupt / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
-    assert_one_line_error(cli("train", "smnist", "--data-dir", corrupt, "--out", tmp_path / "y", "--quiet"), "corrupt")
-    assert_one_line_error(cli("eval", tmp_path / "missing.pt"), "no such file")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert_one_line_error(cli("eval", tmp_path / "junk.pt"), "not a readable checkpoint")
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    assert_one_line_error(cli("eval", tmp_path / "other.pt"), "not a wavexport checkpoint")
-    assert_one_line_error(cli("train", "copy", "--arch", "irnn", "--channels", "4", "--dry-run"), "does not apply")
+    assert_one_line_error(cli("train", "smnist", "--data-dir", corrupt, "--out", tmp_path / "y", "--quiet"), "corrupt",
+                          f"error: {corrupt / 'MNIST' / 'raw' / 't10k-images-idx3-ubyte.gz'} is corrupt or not the "
+                          "canonical MNIST file (md5 ")
 
 
 def test_existing_run_is_not_clobbered_and_resume_checks_the_task(tmp_path):
     run = tmp_path / "run"
     assert cli("train", *TINY_COPY, "--steps", "3", "--eval-every", "3", "--out", run, "-q").exit_code == 0
     before = (run / "checkpoint.pt").read_bytes()
-    assert_one_line_error(cli("train", *TINY_COPY, "--steps", "3", "--out", run, "-q"), "already holds a run")
-    assert_one_line_error(cli("train", "adding", "--out", run, "--resume", "-q"), "copy")
-    assert_one_line_error(cli("train", *TINY_COPY, "--out", run, "--resume", "--lr", "0.5", "-q"), "cannot change lr")
+    assert_one_line_error(cli("train", *TINY_COPY, "--steps", "3", "--out", run, "-q"), "already holds a run",
+                          f"error: {run} already holds a run (checkpoint.pt); pass --resume to continue it")
+    assert_one_line_error(cli("train", "adding", "--out", run, "--resume", "-q"), "copy",
+                          "error: --resume: the run in this directory is copy/wrnn, not adding")
+    assert_one_line_error(cli("train", *TINY_COPY, "--out", run, "--resume", "--lr", "0.5", "-q"), "cannot change lr",
+                          "error: --resume: cannot change lr of a saved run (it has 0.001)")
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
@@ -150,6 +180,7 @@ def test_dry_run_prints_paper_parameter_counts():
     assert cfg["train"]["epochs"] == 250 and cfg["model"]["hidden"] == 256 and cfg["parameters"] == 68874
 
 
+@pytest.mark.slow
 def test_adding_records_when_it_is_solved(tmp_path):
     run = tmp_path / "add"
     r = cli("train", "adding", "--preset", "quick", "--seq", "10", "--steps", "200", "--eval-every", "50",

@@ -6,6 +6,8 @@ reads the file's keys: everyone else uses :class:`Checkpoint`'s fields.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +23,35 @@ from .tasks import Task, task_from_state
 
 FORMAT = "wavexport.checkpoint/1"
 RUN_FILES = ("best.pt", "checkpoint.pt")  # what a run directory holds, in the order ``load`` prefers them
+DIGEST_KEY = "digest"   # "sha256:<hex>" of content_digest(everything else in the file); absent in older files
+
+
+def _walk(h, obj) -> None:
+    """Feed ``obj`` to the hash ``h`` canonically: a tensor by dtype, shape and bytes; a dict by its items in key
+    order (keys by repr); a list or tuple item by item; anything else by a stable repr (floats round-trip)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k in sorted(obj, key=repr):
+            h.update(f"K{k!r}=".encode())
+            _walk(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}:".encode())
+        for v in obj:
+            _walk(h, v)
+    else:
+        h.update(f"V{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(content: dict) -> str:
+    """``sha256:<hex>`` over a canonical walk of a checkpoint's content (its ``digest`` key left out): the same for
+    the same weights, optimizer state and records however the file's zip/pickle bytes are laid out."""
+    h = hashlib.sha256()
+    _walk(h, {k: v for k, v in content.items() if k != DIGEST_KEY})
+    return "sha256:" + h.hexdigest()
 
 
 @dataclass
@@ -82,7 +113,18 @@ class Checkpoint:
         return {"format": FORMAT, **{k: v for k, v in d.items() if v is not None or k == "solved_at"}}
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write(path, lambda tmp: torch.save(self.to_dict(), tmp))
+        """Write atomically, with the content's digest stored next to it (checked by :meth:`load`). Serialised in
+        memory first, so a full or read-only disk is a Python ``OSError`` (a :class:`FileWriteError`, one line)."""
+        content = self.to_dict()
+        content[DIGEST_KEY] = content_digest(content)
+        buf = io.BytesIO()
+        torch.save(content, buf)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu") -> "Checkpoint":
@@ -103,6 +145,15 @@ class Checkpoint:
             raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a wavexport checkpoint (no '{FORMAT}' format tag)")
+        stored = raw.get(DIGEST_KEY)  # files written before digests existed have none: they load as before
+        if stored is not None:
+            try:
+                actual = content_digest(raw)
+            except Exception as e:  # noqa: BLE001 - whatever a damaged structure raises while being walked
+                actual = f"unreadable ({type(e).__name__})"
+            if actual != stored:
+                raise CheckpointError(f"{path}: corrupt checkpoint (its content does not match the digest stored "
+                                      "with it: the file was changed or damaged after it was written)")
         for key in ("model_config", "task", "model"):
             if key not in raw:
                 raise CheckpointError(f"{path} is incomplete: missing '{key}'")
@@ -121,4 +172,5 @@ def load_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
     return path if isinstance(path, Checkpoint) else Checkpoint.load(path)
 
 
-__all__ = ["Checkpoint", "CheckpointError", "FORMAT", "RUN_FILES", "load_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "DIGEST_KEY", "FORMAT", "RUN_FILES", "content_digest",
+           "load_checkpoint"]

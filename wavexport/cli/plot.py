@@ -34,19 +34,23 @@ def plot():
     """
 
 
-def _trajectory(checkpoint, task_sample, input_path, data_dir):
-    """(source, inputs [T, n_in], states [T, C, N], what the sequence is)."""
-    from ..plot.waves import PlotError, load_input, open_source, task_sequence
+def _trajectory(checkpoint, task_sample, input_path, data_dir, threads=None):
+    """(source, inputs [T, n_in], states [T, C, N], what the sequence is, its target or None)."""
+    from ..plot.waves import PlotError, load_input, open_source, task_sample as sample_of
+    from .common import set_torch_threads
 
+    set_torch_threads(threads)  # one sequence: 1 thread unless --threads
     source = open_source(checkpoint)
+    target = None
     if input_path is not None:
         if task_sample is not None:
             raise PlotError("give --task-sample or --input, not both")
         xs, what = load_input(input_path, source.n_in), Path(input_path).name
     else:
         index = task_sample or 0
-        xs, what = task_sequence(source, index, data_dir), f"test sequence {index}"
-    return source, xs, source.states(xs), what
+        xs, target = sample_of(source, index, data_dir)
+        what = f"test sequence {index}"
+    return source, xs, source.states(xs), what, target
 
 
 def _task_text(source) -> str:
@@ -64,6 +68,8 @@ _source_opts = [
     click.option("--input", "input_path", type=click.Path(), metavar="SEQ.npy",
                  help="Use this model-input sequence instead: [T, n_in] (or [T] for one input), as the model sees it."),
     click.option("--data-dir", type=click.Path(file_okay=False), help="Data root for image tasks (as for train)."),
+    click.option("--threads", type=click.IntRange(1), metavar="N",
+                 help="CPU threads for torch [default: 1, what one sequence needs]."),
 ]
 
 
@@ -85,7 +91,8 @@ def _with_source_opts(f):
               help="Side of the square animation, in pixels.")
 @click.option("--size", callback=_size, metavar="WxH", help="Image size in pixels [default: from the channels].")
 @click.option("--dpi", type=click.IntRange(50, 600), default=120, show_default=True)
-def waves(checkpoint, task_sample, input_path, data_dir, channels, out, gif, gif_frames, gif_size, size, dpi):
+def waves(checkpoint, task_sample, input_path, data_dir, threads, channels, out, gif, gif_frames, gif_size, size,
+          dpi):
     """Space-time diagram of the hidden state of CHECKPOINT (a .pt file or a run directory) on one sequence.
 
     Each chosen channel is an image with time across and ring position up: a travelling wave shows as diagonal
@@ -93,16 +100,17 @@ def waves(checkpoint, task_sample, input_path, data_dir, channels, out, gif, gif
     (copy symbols and recall cue, adding markers). For iRNN/LSTM/GRU the hidden units are drawn as one channel.
     """
     from ..plot.figures import _mpl, ring_animation, save_figure, waves_figure
-    from ..plot.waves import channel_speeds, input_events, parse_channels, wave_speed
+    from ..plot.waves import channel_speeds, input_events, parse_channels, sample_caption, wave_speed
 
     _mpl()  # fail on a missing matplotlib before running anything
-    source, xs, states, what = _trajectory(checkpoint, task_sample, input_path, data_dir)
+    source, xs, states, what, target = _trajectory(checkpoint, task_sample, input_path, data_dir, threads)
     chans = parse_channels(channels, states.shape[1])
     per_channel = channel_speeds(states)
     overall = wave_speed(states)
     task_name = source.task.name if source.task is not None else None
     events = input_events(task_name, xs)
-    title = f"{source.describe()} on {_task_text(source)}, {what} ({len(xs)} steps)"
+    caption = sample_caption(source.task, source.outputs(xs), target)
+    title = f"{source.describe()} on {_task_text(source)}, {what} ({len(xs)} steps)\n{caption}"
     out = Path(out)
     written = []
     if out.suffix.lower() != ".gif":
@@ -116,6 +124,7 @@ def waves(checkpoint, task_sample, input_path, data_dir, channels, out, gif, gif
                            size_px=gif_size, title=f"{source.describe()} on {_task_text(source)}, {what}")
         written.append(f"{gif_path} ({n} frames)")
     click.echo(f"wrote {', '.join(written)}")
+    click.echo(f"{what}: {caption}")
     label = "wave speed" if source.layout == "ring" else "best lag (units as a ring)"
     click.echo(f"{label}, all {states.shape[1]} channel(s): {overall}")
     if source.layout == "ring":
@@ -126,7 +135,7 @@ def waves(checkpoint, task_sample, input_path, data_dir, channels, out, gif, gif
 @plot.command()
 @_with_source_opts
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def speed(checkpoint, task_sample, input_path, data_dir, as_json):
+def speed(checkpoint, task_sample, input_path, data_dir, threads, as_json):
     """Dominant wave speed of CHECKPOINT's hidden state on one sequence, in ring units per step.
 
     \b
@@ -138,7 +147,7 @@ def speed(checkpoint, task_sample, input_path, data_dir, as_json):
     """
     from ..plot.waves import channel_speeds, wave_speed
 
-    source, xs, states, what = _trajectory(checkpoint, task_sample, input_path, data_dir)
+    source, xs, states, what, _ = _trajectory(checkpoint, task_sample, input_path, data_dir, threads)
     overall, per = wave_speed(states), channel_speeds(states)
     if as_json:
         click.echo(json.dumps({"layout": source.layout, "steps": len(xs), **overall.to_dict(),

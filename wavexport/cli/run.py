@@ -29,7 +29,8 @@ def _session(path, threads=1, provider="cpu"):
               help="With --input: write all outputs [batch, T, n_out] to this .npy.")
 @click.option("--raw", is_flag=True, help="Inputs are raw values: apply the model's input.scale (and, with "
               "--input, its input.permutation) first.")
-@click.option("--every", type=click.IntRange(1), default=1, show_default=True, help="--stream: report every K-th step.")
+@click.option("--every", type=click.IntRange(1), default=1, show_default=True,
+              help="--stream: report every K-th step, and always the last step of each sequence.")
 @click.option("--final", is_flag=True, help="--stream: report only the last step of each sequence.")
 @click.option("--reset-on-blank/--no-reset-on-blank", default=True, show_default=True,
               help="--stream: a blank line ends the sequence and starts a new one from the initial state.")
@@ -42,9 +43,10 @@ def run_cmd(model, stream_mode, input_path, output_path, raw, every, final, rese
 
     \b
     Stream protocol (--stream): each stdin line is one timestep of n_in numbers, separated by spaces or commas,
-    or a JSON array. Each output line is JSON: {"step": t, "y": [...]}, plus "pred" and "prob" for classifiers.
+    or a JSON array (at most 1024 + 512 x n_in characters). Each output line is JSON: {"step": t, "y": [...]},
+    plus "pred" and "prob" for classifiers; a non-finite output is null, with "finite": false.
     Lines are flushed as they are written, so a producer may wait between steps. EOF ends cleanly.
-    A malformed line stops with an error naming its line number (exit 2), unless --skip-bad.
+    A malformed or too long line stops with an error naming its line number (exit 2), unless --skip-bad.
     \b
     Example: wavexport sample model.onnx --index 0 | wavexport run model.onnx --stream --final
     """
@@ -86,11 +88,15 @@ def run_cmd(model, stream_mode, input_path, output_path, raw, every, final, rese
 
         atomic_write(output_path, write)
     summary = {"sequences": int(xs.shape[0]), "steps": int(xs.shape[1]), "output": output_path}
-    if c.output_kind == "logits":
-        summary["pred"] = ys[:, -1].argmax(-1).tolist()
+    last = ys[:, -1]
+    finite = np.isfinite(last).all(-1)
+    if c.output_kind == "logits":  # no prediction from a NaN/inf output: null, never a made-up class 0
+        summary["pred"] = [int(row.argmax()) if ok else None for row, ok in zip(last, finite)]
     else:
-        summary["y"] = ys[:, -1].tolist()
-    click.echo(json.dumps(summary))
+        summary["y"] = [[float(v) if np.isfinite(v) else None for v in row] for row in last]
+    if not finite.all():
+        summary["nonfinite"] = [int(i) for i in np.flatnonzero(~finite)]  # sequences whose final output is NaN/inf
+    click.echo(json.dumps(summary, allow_nan=False))
 
 
 # --- sample ------------------------------------------------------------------------------------------------------

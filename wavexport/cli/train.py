@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import click
 
-from ..core.errors import TrainingError
+from ..core.errors import TrainingError, WavexportError
 from ..core.io import is_onnx_path
-from .common import RegistryChoice, arch_names, fmt_duration, fmt_metrics, int_list, preset_names, task_names
+from .common import (RegistryChoice, arch_names, fmt_duration, fmt_metrics, int_list, preset_names, set_torch_threads,
+                     task_names, threads_option)
 
 
 # --- train -------------------------------------------------------------------------------------------------------
@@ -47,25 +50,37 @@ from .common import RegistryChoice, arch_names, fmt_duration, fmt_metrics, int_l
 @click.option("--checkpoint-every", type=click.IntRange(1), help="Also checkpoint every N steps.")
 @click.option("--stop-when-solved", is_flag=True, default=None,
               help="Adding: end the run at the first evaluation whose held-out MSE is <= 0.05.")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch [default: torch's choice, one per "
-              "core]. 1 avoids stalls when other jobs share the cores.")
+@threads_option()
+@click.option("--skip-nonfinite", is_flag=True, help="Skip a batch whose loss or gradient is NaN/inf instead of "
+              "stopping the run (it still stops after 20 such batches in a row).")
+@click.option("--nproc", type=click.IntRange(1), metavar="N",
+              help="Data-parallel on N processes of this machine: runs this command under `torchrun --standalone "
+              "--nproc_per_node=N` (gloo on CPU, NCCL on GPUs). --batch-size stays the global batch. Several "
+              "machines: start torchrun yourself (docs/SCALING.md).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and parameter count; train nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (for logs).")
 @click.pass_context
-def train(ctx, task, arch, preset, out, resume, threads, dry_run, quiet, **opts):
+def train(ctx, task, arch, preset, out, resume, threads, skip_nonfinite, nproc, dry_run, quiet, **opts):
     """Train ARCH on TASK; writes checkpoint.pt, best.pt and metrics.jsonl to the run directory.
 
     \b
     Ctrl-C finishes the current step, saves a checkpoint and exits; --resume continues it.
     Image tasks report test accuracy at the epoch of best validation accuracy (the paper's protocol).
+    A NaN/inf loss stops the run with exit status 1, keeping its last finite checkpoint (see --skip-nonfinite).
+    Under torchrun (or with --nproc) each process trains on its share of every batch (DistributedDataParallel);
+    rank 0 writes the run directory, which resumes with any number of processes.
     """
     from ..config import build_run, make_config
     from ..training import Trainer
+    from ..training.distributed import env_world, init_from_env, shutdown
+    from ..training.trainer import check_milestones
 
     try:
         cfg = make_config(task, arch, preset, **opts)
     except ValueError as e:
         raise TrainingError(str(e)) from None
+    if ctx.get_parameter_source("lr_milestones") == click.core.ParameterSource.COMMANDLINE:
+        check_milestones(cfg.lr_milestones)
     out = Path(out or f"runs/{task}-{arch}{'-quick' if preset == 'quick' else ''}")
     if dry_run:
         run = build_run(cfg)
@@ -74,23 +89,79 @@ def train(ctx, task, arch, preset, out, resume, threads, dry_run, quiet, **opts)
                                "parameters": n_params, "out": str(out)}, indent=2))
         click.echo(f"{task}/{arch}: {n_params:,} parameters")
         return
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    if nproc and nproc > 1:
+        if env_world().active:
+            raise TrainingError("--nproc: this is already one process of a torchrun group; leave --nproc out")
+        sys.exit(_under_torchrun(nproc, ["train", *command_line(ctx, exclude=("nproc",))]))
     explicit = {k: v for k, v in {**opts, "arch": arch, "preset": preset}.items()
                 if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-    trainer = Trainer(cfg, out, resume=resume, quiet=quiet, resume_overrides=explicit)
-    if not quiet:
-        click.echo(f"{trainer.task.describe()} | {arch} {trainer.model.num_parameters():,} params | "
-                   f"device {trainer.device} | run dir {out}", err=True)
-    result = trainer.run()
+    world = init_from_env(opts.get("device") or "auto")  # under torchrun: join the group; else nothing
+    quiet = quiet or not world.is_main  # rank 0 speaks for the run
+    clean = False
+    try:
+        trainer = Trainer(cfg, out, resume=resume, quiet=quiet, resume_overrides=explicit,
+                          skip_nonfinite=skip_nonfinite)
+        run_cfg = trainer.cfg  # a resumed run's own config: its arch, not the CLI's default
+        n_threads = set_torch_threads(threads, trainer.model_config, run_cfg.batch_size)
+        name = f"{run_cfg.task}/{run_cfg.arch}"
+        if not quiet:
+            procs = f" x {world.size} processes" if world.active else ""
+            click.echo(f"{trainer.task.describe()} | {run_cfg.arch} {trainer.model.num_parameters():,} params | "
+                       f"device {trainer.device}, {n_threads} thread{'s' if n_threads > 1 else ''}{procs} | "
+                       f"run dir {out}", err=True)
+        result = trainer.run()
+        clean = True
+    except WavexportError as e:
+        if not world.is_main:  # every rank raises it; rank 0 prints it
+            sys.exit(e.exit_code)
+        raise
+    finally:
+        shutdown(clean)  # distributed: barrier (every rank got here), then leave the group
     if result["interrupted"]:
-        click.echo(f"interrupted at step {result['step']}/{result['total_steps']}: checkpoint saved in {out}; "
-                   f"continue with: wavexport train {task} --out {out} --resume", err=True)
+        if world.is_main:
+            click.echo(f"interrupted at step {result['step']}/{result['total_steps']}: checkpoint saved in {out}; "
+                       f"continue with: wavexport train {run_cfg.task} --out {out} --resume", err=True)
         sys.exit(130)
-    click.echo(f"done: {task}/{arch} {result['step']} steps in {fmt_duration(result['seconds'])} | "
-               f"best: {fmt_metrics(result['metrics'])} | {out / 'best.pt'}")
+    if world.is_main:
+        click.echo(f"done: {name} {result['step']} steps in {fmt_duration(result['seconds'])} | "
+                   f"best: {fmt_metrics(result['metrics'])} | {out / 'best.pt'}")
+
+
+def command_line(ctx, exclude=()) -> list[str]:
+    """The arguments and the options given explicitly on this command's line, as a list to run it again."""
+    args, opts = [], []
+    for p in ctx.command.params:
+        if p.name in exclude or p.name not in ctx.params:
+            continue
+        value = ctx.params[p.name]
+        if isinstance(p, click.Argument):
+            args.append(str(value))
+        elif ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE:
+            flag = max(p.opts, key=len)
+            if p.is_flag:
+                opts += [flag] if value else []
+            elif isinstance(value, (list, tuple)):
+                opts += [flag, ",".join(map(str, value))]
+            else:
+                opts += [flag, str(value)]
+    return args + opts
+
+
+def _under_torchrun(nproc: int, args: list[str]) -> int:
+    """Run ``wavexport ARGS`` as ``nproc`` processes under torchrun; its exit status (130 after a Ctrl-C).
+
+    torchrun starts its workers in their own sessions and passes the terminal's Ctrl-C on to them once: each
+    rank finishes the step the ranks agree on, rank 0 checkpoints, and the run resumes with ``--resume``."""
+    from ..training.distributed import torchrun_command
+
+    proc = subprocess.Popen(torchrun_command(nproc, args))
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # torchrun handles it
+    try:
+        rc = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 130 if interrupted else rc
 
 
 # --- eval --------------------------------------------------------------------------------------------------------
@@ -100,22 +171,28 @@ def train(ctx, task, arch, preset, out, resume, threads, dry_run, quiet, **opts)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data root (default as for train).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate the first N examples only.")
 @click.option("--device", default="auto", show_default=True)
+@threads_option("CPU threads for torch, or for ONNX Runtime with a .onnx MODEL")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name -> value.")
-def eval_cmd(checkpoint, split, data_dir, limit, device, as_json):
+def eval_cmd(checkpoint, split, data_dir, limit, device, threads, as_json):
     """Task metric of a checkpoint (a .pt file or a run directory, whose best.pt is used) or of an exported .onnx
     model (run through ONNX Runtime on the real test set; --device cuda picks its CUDA provider)."""
     from tqdm import tqdm
 
     if is_onnx_path(checkpoint):
         from ..config import resolve_device
-        from ..evaluation import default_eval_size, evaluate_export, task_from_contract
+        from ..core.contract import read_contract
+        from ..evaluation import EVAL_BATCH, default_eval_size, evaluate_export, task_from_contract
         from ..runtime import StreamingSession, providers_for
+        from ..models.flops import step_flops
+        from .common import auto_threads
 
         if split != "test":
             raise TrainingError("an exported model carries no validation split: use --split test")
         # ONNX Runtime's CUDA provider for auto when this onnxruntime has one; cpu/cuda as asked; else refused
         provider = "auto" if device == "auto" else resolve_device(device).type
-        sess = StreamingSession(checkpoint, providers=providers_for(provider))
+        if not threads and os.path.exists(checkpoint):
+            threads = auto_threads(EVAL_BATCH * step_flops(read_contract(checkpoint).model_config))
+        sess = StreamingSession(checkpoint, providers=providers_for(provider), threads=threads or 1)
         c = sess.contract
         total = limit or default_eval_size(task_from_contract(c)) or 10_000
         with tqdm(total=total, desc="eval (onnx)", unit="seq", disable=as_json, leave=False) as bar:
@@ -123,9 +200,10 @@ def eval_cmd(checkpoint, split, data_dir, limit, device, as_json):
         name = f"{c.task}/{c.arch} ({os.path.basename(checkpoint)}, onnx)"
     else:
         from ..checkpoint import Checkpoint
-        from ..evaluation import evaluate_checkpoint
+        from ..evaluation import EVAL_BATCH, evaluate_checkpoint
 
         ckpt = Checkpoint.load(checkpoint)
+        set_torch_threads(threads, ckpt.model_config, EVAL_BATCH)
         name = f"{ckpt.task_name}/{ckpt.arch}"
         with tqdm(desc="eval", unit="seq", disable=as_json, leave=False) as bar:
             metrics = evaluate_checkpoint(ckpt, split, data_dir, limit, device, progress=bar.update)

@@ -30,7 +30,18 @@ class CheckpointError(WavexportError, ValueError):
 
 
 class TrainingError(WavexportError):
-    """A run cannot start or continue (bad config, clobbering an existing run, mismatched resume)."""
+    """A run cannot start or continue (bad config, clobbering an existing run, mismatched resume, a run directory
+    another process is training in)."""
+
+
+class DivergedError(TrainingError):
+    """Training met a non-finite loss or gradient: the run stops, keeping its last finite checkpoint."""
+    exit_code = 1
+
+
+class FileWriteError(WavexportError):
+    """A file cannot be written (read-only or full file system, no permission, a target that is not a regular file,
+    FIFO or character device). Nothing partial is left behind: the previous file, if any, is intact."""
 
 
 class StreamError(WavexportError):

@@ -10,7 +10,8 @@ _WHERE = {
     **{n: "runs" for n in ("Run", "check_metric", "load_run", "run_labels")},
     **{n: "waves" for n in ("Event", "PlotError", "StateSource", "TorchSource", "OnnxSource", "WaveSpeed",
                             "channel_speeds", "describe_model", "input_events", "load_input", "open_source",
-                            "parse_channels", "task_sequence", "wave_speed")},
+                            "parse_channels", "sample_caption", "task_sample", "task_sequence",
+                            "wave_speed")},
 }
 __all__ = list(_WHERE)
 

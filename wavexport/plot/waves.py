@@ -37,6 +37,10 @@ class StateSource:
     def states(self, xs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def outputs(self, xs: np.ndarray) -> np.ndarray:
+        """The model's output at every step, [T, n_out] (what its prediction is read from)."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         return describe_model(self.model_config) if self.model_config else Path(self.path).name
 
@@ -68,6 +72,11 @@ class TorchSource(StateSource):
             out.append(state[0][0])
         return torch.stack(out)[:, None].numpy()
 
+    @torch.no_grad()
+    def outputs(self, xs: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(xs, dtype=np.float32))[None]
+        return self.model(x)[0][0].numpy()
+
 
 class OnnxSource(StateSource):
     """An exported model driven through the streaming runtime one step at a time: the state it carries is what is
@@ -93,6 +102,10 @@ class OnnxSource(StateSource):
             out.append(s.state["h"][0])
         h = np.stack(out)
         return h if self.layout == "ring" else h[:, None]
+
+    def outputs(self, xs: np.ndarray) -> np.ndarray:
+        self.session.reset(1)
+        return self.session.feed(np.asarray(xs, dtype=np.float32))
 
 
 def open_source(path: str | os.PathLike) -> StateSource:
@@ -126,7 +139,13 @@ def describe_model(model_config: dict) -> str:
 
 # --- the input sequence ------------------------------------------------------------------------------------------
 def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndarray:
-    """Sequence ``index`` [T, n_in] of the held-out test set that ``wavexport eval`` scores for this run.
+    """Sequence ``index`` [T, n_in] of the held-out test set that ``wavexport eval`` scores for this run (see
+    :func:`task_sample`, which also returns its target)."""
+    return task_sample(source, index, data_dir)[0]
+
+
+def task_sample(source: StateSource, index: int = 0, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence [T, n_in], its target) of sample ``index`` of the held-out test set ``wavexport eval`` scores.
 
     Synthetic tasks: sample i of the run's held-out test stream (``training.trainer.held_out``), the i-th sequence
     eval uses (indices past the evaluation set continue the same stream). Image tasks: test image i;
@@ -143,10 +162,37 @@ def task_sequence(source: StateSource, index: int = 0, data_dir=None) -> np.ndar
     seed = int(cfg.get("seed", 0))
     if task.kind == "dataset":
         data_dir = resolve_data_dir(data_dir, cfg.get("data_dir"))
-    xs, _ = next(test_stream(task, seed, "test", n=1, offset=index, data_dir=data_dir), (None, None))
+    xs, y = next(test_stream(task, seed, "test", n=1, offset=index, data_dir=data_dir), (None, None))
     if xs is None:
         raise PlotError(f"--task-sample {index}: past the end of the {task.name} test set")
-    return xs[0].numpy()
+    return xs[0].numpy(), np.asarray(y[0])
+
+
+def sample_caption(task, ys: np.ndarray, target=None) -> str:
+    """What the sample asks and what the model answers, for a figure's title and the command's output:
+    ``label 7, prediction 7 (p 0.93)`` (image tasks), ``symbols 3 1 4 ..., recalled 3 1 4 ...`` (copy),
+    ``target 1.234, prediction 1.198`` (adding); without a target (a user's --input) the prediction alone."""
+    ys = np.asarray(ys, dtype=np.float64)
+    if not np.isfinite(ys).all():
+        return ("target " + _fmt_target(target) + ", " if target is not None else "") + "prediction not finite"
+    if task is not None and task.output_kind == "regression":
+        pred = f"prediction {ys[-1, 0]:.3f}"
+        return (f"target {float(np.asarray(target).reshape(-1)[0]):.3f}, " if target is not None else "") + pred
+    k = int(task.readout.split(":")[1]) if task is not None and task.readout.startswith("last:") else 1
+    if k > 1:  # copy: the symbols to recall, and what the last k steps answer
+        recalled = " ".join(str(int(v)) for v in ys[-k:].argmax(-1))
+        head = f"symbols {' '.join(str(int(v)) for v in np.asarray(target).reshape(-1)[-k:])}, " \
+            if target is not None else ""
+        return f"{head}recalled {recalled}"
+    z = np.exp(ys[-1] - ys[-1].max())
+    p = z / z.sum()
+    pred = f"prediction {int(p.argmax())} (p {p.max():.2f})"
+    return (f"label {_fmt_target(target)}, " if target is not None else "") + pred
+
+
+def _fmt_target(target) -> str:
+    a = np.asarray(target).reshape(-1)
+    return str(a[0].item()) if a.size == 1 else " ".join(str(v.item()) for v in a)
 
 
 def load_input(path: str | os.PathLike, n_in: int) -> np.ndarray:

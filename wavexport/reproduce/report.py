@@ -13,37 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..core.io import atomic_write
+from ..models.flops import flops_per_iteration
 from .experiments import DIFFERENCES, Experiment, RunSpec
 from .runner import run_dir
 
 ARCH_LABEL = {"wrnn": "wRNN", "irnn": "iRNN", "wrnn-identity": "wRNN (identity init)"}
-
-
-# --- compute ---------------------------------------------------------------------------------------------------------
-def forward_flops_per_step(model_config: dict) -> tuple[int, int]:
-    """(recurrence incl. input projection, readout) FLOPs of one sample's timestep: 2 per multiply-add of the
-    products and convolutions (the usual count; elementwise ops are left out, as torch's FlopCounterMode does)."""
-    n_in, n_out = model_config["n_in"], model_config["n_out"]
-    if "channels" in model_config:
-        units = model_config["channels"] * model_config["ring"]
-        rec = 2 * model_config["channels"] * model_config["kernel"] * units + 2 * n_in * units
-    else:
-        h = model_config["hidden"]
-        gates = {"lstm": 4, "gru": 3}.get(model_config["arch"], 1)
-        units = h
-        rec = 2 * gates * h * (h + n_in)
-    if model_config.get("readout") == "mlp":
-        read = 2 * units * model_config.get("readout_hidden", 100) + 2 * model_config.get("readout_hidden", 100) * n_out
-    else:
-        read = 2 * units * n_out
-    return rec, read
-
-
-def flops_per_iteration(model_config: dict, seq_len: int, read_steps: int, batch: int) -> float:
-    """Training FLOPs of one iteration: forward over ``seq_len`` steps (readout on ``read_steps`` of them), and a
-    backward counted as twice the forward (the usual estimate)."""
-    rec, read = forward_flops_per_step(model_config)
-    return 3.0 * batch * (seq_len * rec + read_steps * read)
 
 
 # --- one run -----------------------------------------------------------------------------------------------------------

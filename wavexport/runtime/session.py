@@ -11,8 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core.errors import InputError, StreamError
-from ..core.contract import Contract, read_contract
+from ..core.errors import ContractError, InputError, StreamError
+from ..core.contract import (BATCH_DIM, K_INPUT_SIZE, K_OUTPUT_SIZE, K_STATE_NAMES, K_STATE_SHAPES, Contract,
+                             read_contract)
 
 
 class _Streamer:
@@ -190,14 +191,44 @@ class StreamingSession(_Streamer):
             raise StreamError(f"{self.path}: ONNX Runtime cannot load it ({str(e)[:200]})") from None
         # The contract from ORT's own copy of the metadata: the file is read once, and onnx is not needed here.
         self.contract = Contract.from_metadata(self.session.get_modelmeta().custom_metadata_map)
-        have = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}
-        missing = [n for n in (*self.contract.input_names, *self.contract.output_names) if n not in have]
-        if missing:
-            raise StreamError(f"{self.path}: graph lacks the tensors its metadata names: {', '.join(missing)}")
+        self._check_graph()
         cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = ("cuda", 0) if cuda else ("cpu", 0)
         self.sequence = self.contract.mode == "sequence"
         self.reset(self.contract.batch or 1)
+
+    def _check_graph(self) -> None:
+        """The metadata must describe the graph: every tensor it names exists, is float32, and has the rank and
+        the sizes it gives (input.size, output.size, state.shapes). An edited or mismatched file is a ContractError
+        here, when it is opened, not an ONNX Runtime error at the first step."""
+        c = self.contract
+        ins = {i.name: i for i in self.session.get_inputs()}
+        outs = {o.name: o for o in self.session.get_outputs()}
+        missing = [n for n in c.input_names if n not in ins] + [n for n in c.output_names if n not in outs]
+        if missing:
+            raise ContractError(f"{self.path}: the graph lacks the tensors its metadata names "
+                                f"({K_STATE_NAMES} and the format): {', '.join(missing)}")
+        batch = BATCH_DIM if c.batch is None else c.batch
+        lead = [batch] if c.mode == "step" else [batch, None]  # None: the time axis, any length
+        want = {c.input_name: (ins, [*lead, c.input_size], K_INPUT_SIZE),
+                c.output_name: (outs, [*lead, c.output_size], K_OUTPUT_SIZE)}
+        for n, n_next in zip(c.state_names, c.state_out_names):
+            want[n] = (ins, list(c.state_shapes[n]), K_STATE_SHAPES)
+            want[n_next] = (outs, list(c.state_shapes[n]), K_STATE_SHAPES)
+        for name, (where, shape, key) in want.items():
+            arg = where[name]
+            got = list(arg.shape or [])
+            if arg.type != "tensor(float)":
+                raise ContractError(f"{self.path}: tensor {name!r} is {arg.type}, the contract needs float32")
+            # sizes must agree where both are numbers; a fixed graph batch needs a fixed batch in the metadata
+            bad = len(got) != len(shape) or any(
+                isinstance(g, int) and ((isinstance(w, int) and g != w) or (w == BATCH_DIM and i == 0))
+                for i, (g, w) in enumerate(zip(got, shape)))
+            if bad:
+                show = ["T" if w is None else w for w in shape]
+                raise ContractError(f"{self.path}: metadata {key} gives {name!r} the shape {show}, but the graph's "
+                                    f"is {['?' if g is None else g for g in got]}: the file's metadata was edited "
+                                    "or does not belong to this graph")
 
     @property
     def providers(self) -> list[str]:

@@ -37,6 +37,10 @@ class CopyTask(SyntheticTask):
     def args(self):
         return {"T": self.T}
 
+    def describe(self) -> str:
+        """The paper's T (what --seq sets) and the sequence length T+20, which differ for this task."""
+        return f"{self.name}: T={self.T} (sequences of {self.seq_len} steps), in={self.n_in}, out={self.n_out}"
+
     def sample(self, batch_size, generator):
         k, L = self.n_symbols, self.seq_len
         symbols = torch.randint(1, 9, (batch_size, k), generator=generator)
