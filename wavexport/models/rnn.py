@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import recurrence
 from .base import RecurrentModel, State, make_readout
 
 
@@ -64,6 +65,20 @@ class IRNN(_TorchRNN):
 
     def advance(self, u_t, state):
         return (torch.relu(u_t + state[0] @ self.rnn.weight_hh_l0.T),)
+
+    def forward(self, xs, state=None, last_only=False):
+        """nn.RNN's kernel without gradients; with them, ``recurrence.irnn_sequence`` (one autograd node over the
+        sequence, unless ``plain_recurrence()``)."""
+        if not (xs.shape[1] and recurrence.use_fast() and recurrence.grad_needed(xs, *(state or ()),
+                                                                                 *self.parameters())):
+            return super().forward(xs, state, last_only)
+        if state is None:
+            state = self.initial_state(xs.shape[0], device=xs.device, dtype=xs.dtype)
+        r = self.rnn
+        h, hs = recurrence.irnn_sequence(xs, state[0], r.weight_ih_l0, r.bias_ih_l0, r.bias_hh_l0, r.weight_hh_l0,
+                                         keep_all=not last_only)
+        ys = self.readout(h.unsqueeze(1) if last_only else hs)
+        return ys, (h,)
 
 
 class GRU(_TorchRNN):

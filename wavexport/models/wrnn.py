@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import recurrence
 from .base import RecurrentModel, State, make_readout
 
 REC_INITS = ("shift", "identity", "random")
@@ -37,6 +38,8 @@ class WaveRNN(RecurrentModel):
             raise ValueError(f"kernel ({kernel}) larger than the ring ({ring})")
         if rec_init not in REC_INITS:
             raise ValueError(f"unknown rec_init {rec_init!r} (expected one of {', '.join(REC_INITS)})")
+        if rec_init == "shift" and kernel < 3:
+            raise ValueError(f"the shift init needs a kernel of at least 3 taps, got {kernel}")
         if enc_init not in ENC_INITS:
             raise ValueError(f"unknown enc_init {enc_init!r} (expected one of {', '.join(ENC_INITS)})")
         if activation not in ACTIVATIONS:
@@ -94,8 +97,13 @@ class WaveRNN(RecurrentModel):
         return self.readout(state[0].flatten(1))
 
     def _run(self, xs: torch.Tensor, state: State | None, keep: bool):
+        """(final state, every state [B, T, C, N] or None): the fast recurrence of ``recurrence`` (one autograd node
+        over the sequence) unless ``plain_recurrence()`` asks for the per-step loop over ``recur``."""
         if state is None:
             state = self.initial_state(xs.shape[0], device=xs.device, dtype=xs.dtype)
+        if xs.shape[1] and recurrence.use_fast():
+            return recurrence.wave_sequence(xs, state[0], self.encoder.weight, self.encoder.bias, self.conv.weight,
+                                            self.conv.bias, self.activation, keep)
         # Every timestep's input at once, then unbind: its backward is one stack, where indexing u[:, t] would
         # allocate a full-size zero gradient per step (that made a psMNIST iteration 30x slower).
         h, hs = state[0], []
@@ -103,14 +111,14 @@ class WaveRNN(RecurrentModel):
             h = self.recur(u_t, h)
             if keep:
                 hs.append(h)
-        return h, hs
+        return h, (torch.stack(hs, 1) if keep else None)
 
     def states(self, xs: torch.Tensor, state: State | None = None) -> torch.Tensor:
         """Every hidden state of a sequence, [batch, T, C, N]: what the wave plots draw."""
-        return torch.stack(self._run(xs, state, keep=True)[1], 1)
+        return self._run(xs, state, keep=True)[1]
 
     def forward(self, xs, state=None, last_only=False):
         # With last_only no per-step state is kept: evaluation of 784-step sequences stays small in memory.
         h, hs = self._run(xs, state, keep=not last_only)
-        ys = self.read((h,)).unsqueeze(1) if last_only else self.readout(torch.stack(hs, 1).flatten(2))
+        ys = self.read((h,)).unsqueeze(1) if last_only else self.readout(hs.flatten(2))
         return ys, (h,)

@@ -1,0 +1,364 @@
+"""The fast training recurrences (wavexport.models.recurrence) against autograd through the plain per-step loop."""
+import sys
+import types
+
+import pytest
+import torch
+
+from wavexport.models import WaveRNN, build_model, recurrence, resolve_config, triton_rnn
+from wavexport.models.recurrence import plain_recurrence
+
+
+def wave(seed=0, n_in=3, n_out=4, channels=3, ring=7, kernel=3, dtype=torch.float64, **kw):
+    """A small Wave-RNN with every weight moved away from its (sparse, structured) initialisation; the recurrent
+    kernel scaled to an operator norm <= 0.97 (the sum of its taps' norms bounds it): long runs cannot explode."""
+    torch.manual_seed(seed)
+    m = WaveRNN(n_in, n_out, channels=channels, ring=ring, kernel=kernel, **kw).to(dtype)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name != "conv.weight":
+                p.add_(0.1 * torch.randn_like(p))
+        w = m.conv.weight
+        w.mul_(0.6).add_(torch.randn_like(w) * (0.4 / (channels * kernel) ** 0.5))
+        w.mul_(0.97 / max(0.97, sum(torch.linalg.matrix_norm(w[:, :, j], 2) for j in range(kernel))))
+        m.conv.bias.sub_(0.05)
+    return m
+
+
+def irnn(seed=0, n_in=3, n_out=4, hidden=9, dtype=torch.float64, **kw):
+    torch.manual_seed(seed)
+    m = build_model(resolve_config("irnn", n_in, n_out, hidden=hidden, **kw)).to(dtype)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        w = m.rnn.weight_hh_l0
+        w.mul_(0.97 / max(0.97, torch.linalg.matrix_norm(w, 2)))  # relu is 1-Lipschitz: no explosion
+    return m
+
+
+def run(model, xs, h0=None, last_only=False, with_state_loss=True):
+    """Outputs, final state and every gradient (parameters, and xs/h0 when they require it) of one backward."""
+    model.zero_grad(set_to_none=True)
+    for t in (xs, h0):
+        if t is not None:
+            t.grad = None
+    ys, (h,) = model(xs, None if h0 is None else (h0,), last_only=last_only)
+    loss = (ys.sin() * torch.linspace(0.5, 1.5, ys.shape[-1], dtype=ys.dtype)).sum()
+    if with_state_loss:
+        loss = loss + (h * h).sum()
+    loss.backward()
+    out = {"ys": ys.detach(), "h": h.detach()}
+    out.update({name: p.grad.clone() for name, p in model.named_parameters()})
+    for name, t in (("xs", xs), ("h0", h0)):
+        if t is not None and t.requires_grad:
+            out[name] = t.grad.clone()
+    return out
+
+
+def rel_errors(fast, plain):
+    assert fast.keys() == plain.keys()
+    errs = {}
+    for k in plain:
+        scale = plain[k].abs().max().item()
+        diff = (fast[k] - plain[k]).abs().max().item()
+        errs[k] = diff / scale if scale > 0 else diff * float("inf")  # all zeros (a gradient died): must match
+    return errs
+
+
+def both(model, *args, **kw):
+    fast = run(model, *args, **kw)
+    with plain_recurrence():
+        plain = run(model, *args, **kw)
+    return fast, plain
+
+
+WAVE_CASES = [
+    pytest.param(dict(rec_init="shift"), True, id="shift-last"),
+    pytest.param(dict(rec_init="shift"), False, id="shift-every"),
+    pytest.param(dict(rec_init="identity", readout="mlp"), True, id="identity-mlp-last"),
+    pytest.param(dict(rec_init="random", readout="mlp"), False, id="random-mlp-every"),
+    pytest.param(dict(rec_init="random", kernel=5, ring=11), False, id="k5"),
+    pytest.param(dict(rec_init="random", kernel=1), True, id="k1"),
+    pytest.param(dict(rec_init="random", activation="tanh"), False, id="tanh"),
+    pytest.param(dict(rec_init="random", activation="identity", enc_init="normal"), False, id="identity-act"),
+]
+
+
+@pytest.mark.parametrize("kw,last_only", WAVE_CASES)
+def test_wave_gradients_equal_the_plain_loop_float64(kw, last_only):
+    m = wave(**kw)
+    if kw.get("activation") == "identity":
+        with torch.no_grad():
+            m.conv.weight.mul_(0.5)  # linear dynamics: keep them contracting
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(3, 300, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.rand(3, m.channels, m.ring, generator=g, dtype=torch.float64, requires_grad=True)
+    fast, plain = both(m, xs, h0, last_only=last_only)
+    errs = rel_errors(fast, plain)
+    assert max(errs.values()) < 1e-12, errs
+
+
+@pytest.mark.parametrize("rec_init", ["identity", "shift", "random"])
+@pytest.mark.parametrize("last_only", [True, False], ids=["last", "every"])
+def test_irnn_gradients_equal_the_plain_loop_float64(rec_init, last_only):
+    m = irnn(rec_init=rec_init)
+    g = torch.Generator().manual_seed(2)
+    xs = torch.randn(3, 300, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.rand(3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    fast, plain = both(m, xs, h0, last_only=last_only)
+    errs = rel_errors(fast, plain)
+    assert max(errs.values()) < 1e-12, errs
+
+
+def test_parameters_only_and_unused_final_state():
+    """What training does: no gradient for the input or the initial state; the copy task's loss reads every step
+    and not the final state (the final-state gradient is None), adding's reads only the final step."""
+    for model in (wave(rec_init="shift"), irnn()):
+        xs = torch.randn(2, 40, 3, dtype=torch.float64)
+        for last_only in (True, False):
+            fast, plain = both(model, xs, last_only=last_only, with_state_loss=False)
+            assert "xs" not in fast and "h0" not in fast
+            assert max(rel_errors(fast, plain).values()) < 1e-10
+
+
+@pytest.mark.parametrize("arch", ["wrnn", "irnn"])
+def test_float32_agrees_within_1e_5(arch):
+    if arch == "wrnn":
+        m = wave(channels=16, ring=32, dtype=torch.float32, rec_init="shift")
+    else:
+        m = irnn(hidden=64, dtype=torch.float32)
+    xs = torch.randn(8, 120, 3)
+    fast, plain = both(m, xs, last_only=False)
+    errs = rel_errors(fast, plain)
+    assert max(errs.values()) < 1e-5, errs
+
+
+def test_single_sample_single_step():
+    for m in (wave(), irnn()):
+        xs = torch.randn(1, 1, 3, dtype=torch.float64, requires_grad=True)
+        fast, plain = both(m, xs, last_only=True)
+        assert max(rel_errors(fast, plain).values()) < 1e-12
+
+
+def test_deterministic_bit_for_bit():
+    m = wave(channels=8, ring=20, dtype=torch.float32)
+    xs = torch.randn(4, 60, 3)
+    a, b = run(m, xs), run(m, xs)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_relu_mask_is_torchs_convention_at_exact_zero():
+    """A unit whose pre-activation is exactly 0 passes no gradient, as in torch's relu backward (grad * (out > 0))."""
+    m = wave(dtype=torch.float32)
+    with torch.no_grad():
+        m.conv.weight.zero_()
+        m.conv.bias.zero_()
+        m.encoder.bias.zero_()
+        m.encoder.weight.zero_()
+        m.encoder.weight[::2] = 1.0  # half the units get sum(x) > 0, the other half exactly 0
+    xs = torch.ones(2, 5, 3)
+    fast, plain = both(m, xs, last_only=False)
+    assert torch.equal(fast["h"], plain["h"]) and (fast["h"].flatten(1)[:, 1::2] == 0).all()
+    for grads in (fast, plain):
+        assert (grads["encoder.weight"][1::2] == 0).all() and (grads["encoder.bias"][1::2] == 0).all()
+        assert (grads["encoder.weight"][::2] != 0).all()
+    assert max(rel_errors(fast, plain).values()) < 1e-6
+
+
+def test_no_grad_forward_and_states_match_the_plain_loop():
+    m = wave(channels=4, ring=9, dtype=torch.float32)
+    xs = torch.randn(3, 50, 3)
+    with torch.no_grad():
+        for last_only in (True, False):
+            ys, (h,) = m(xs, last_only=last_only)
+            with plain_recurrence():
+                ys_p, (h_p,) = m(xs, last_only=last_only)
+            torch.testing.assert_close(ys, ys_p, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(h, h_p, rtol=1e-5, atol=1e-6)
+        states = m.states(xs)
+        with plain_recurrence():
+            torch.testing.assert_close(states, m.states(xs), rtol=1e-5, atol=1e-6)
+    r = irnn(dtype=torch.float32)
+    with torch.no_grad():  # the iRNN keeps nn.RNN's kernel without gradients
+        ys, _ = r(xs)
+        with plain_recurrence():
+            assert torch.equal(ys, r(xs)[0])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_tracing_records_the_plain_ops():
+    """A TorchScript trace (like an ONNX export or torch.compile) must see the plain ops, not the custom node."""
+    m = wave(dtype=torch.float32).eval()
+    xs = torch.randn(2, 4, 3)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x)[0]
+
+    assert recurrence.use_fast()
+    with torch.no_grad():
+        traced = torch.jit.trace(Wrap(), xs, check_trace=False)
+        graph = str(traced.inlined_graph)
+        torch.testing.assert_close(traced(xs), m(xs)[0], rtol=1e-5, atol=1e-6)
+    assert "aten::_convolution" in graph and "_WaveSequence" not in graph
+
+
+def test_plain_recurrence_switch_restores(monkeypatch):
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert not recurrence.use_fast()
+    monkeypatch.undo()
+    assert recurrence.fast_enabled()
+    with plain_recurrence():
+        assert not recurrence.fast_enabled() and not recurrence.use_fast()
+        with plain_recurrence():
+            pass
+        assert not recurrence.fast_enabled()
+    assert recurrence.fast_enabled()
+
+
+def saved_bytes(model, xs, last_only):
+    """Bytes of the distinct storages autograd saves for one forward (what the graph keeps until backward)."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(xs, last_only=last_only)
+    return sum(storages.values())
+
+
+def test_saves_no_more_than_the_plain_loop():
+    recurrence.release_workspace()  # else the state buffer may be a larger one kept from an earlier test
+    m = wave(channels=8, ring=64, dtype=torch.float32)
+    xs = torch.randn(16, 50, 3)
+    for last_only in (True, False):
+        fast = saved_bytes(m, xs, last_only)
+        with plain_recurrence():
+            plain = saved_bytes(m, xs, last_only)
+        assert fast <= (0.55 if last_only else 0.7) * plain, (fast, plain)
+    r = irnn(hidden=64, dtype=torch.float32)
+    fast = saved_bytes(r, xs, True)
+    with plain_recurrence():
+        plain = saved_bytes(r, xs, True)
+    assert fast <= plain, (fast, plain)
+
+
+def test_state_buffer_is_reused_only_when_free():
+    recurrence.release_workspace()
+    m = wave(channels=4, ring=9, dtype=torch.float32)
+    xs = torch.randn(3, 30, 3)
+    run(m, xs)
+    first = recurrence._workspace[torch.float32].data_ptr()
+    run(m, xs)
+    assert recurrence._workspace[torch.float32].data_ptr() == first  # the first graph is gone: reused
+    # Two graphs alive at once: the second forward must not write over the first's saved states.
+    m.zero_grad()
+    ys1, _ = m(xs)
+    ys2, _ = m(2 * xs)
+    assert recurrence._workspace[torch.float32].data_ptr() != first
+    (ys1.sum() + ys2.sum()).backward()
+    fast = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    with plain_recurrence():
+        (m(xs)[0].sum() + m(2 * xs)[0].sum()).backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(fast[n], p.grad, rtol=1e-5, atol=1e-6)
+    recurrence.release_workspace()
+    assert not recurrence._workspace
+
+
+def test_no_state_buffer_reuse_without_the_use_count(monkeypatch):
+    monkeypatch.setattr(recurrence, "_storage_use_count", None)
+    recurrence.release_workspace()
+    m = wave(channels=4, ring=9, dtype=torch.float32)
+    fast, plain = both(m, torch.randn(3, 30, 3))
+    assert not recurrence._workspace and max(rel_errors(fast, plain).values()) < 1e-5
+
+
+def test_small_products_run_on_one_thread(monkeypatch):
+    calls = []
+    real = torch.set_num_threads
+
+    def record(n):
+        calls.append(n)
+        real(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", record)
+    before = torch.get_num_threads()
+    real(2)
+    try:
+        m = wave(dtype=torch.float32)
+        xs = torch.randn(2, 10, 3)
+        run(m, xs)
+        assert calls == [1, 2, 1, 2]  # forward loop, backward loop
+        calls.clear()
+        monkeypatch.setattr(recurrence, "_PARALLEL_MIN_FLOP", 0)
+        run(m, xs)
+        run(irnn(dtype=torch.float32), xs)
+        assert calls == [] and torch.get_num_threads() == 2
+    finally:
+        real(before)
+
+
+# --- the CUDA dispatch: the Triton kernels' glue, run on the CPU with the kernels' torch reference --------------
+def fake_kernels():
+    return types.SimpleNamespace(
+        wrnn_sequence_forward=lambda U, h0, W, bias: triton_rnn.reference_forward(U, h0, W, bias),
+        wrnn_sequence_backward=triton_rnn.reference_backward,
+        conv_param_grads=triton_rnn.conv_param_grads)
+
+
+@pytest.mark.parametrize("last_only", [True, False], ids=["last", "every"])
+def test_kernel_path_gradients_equal_the_plain_loop(monkeypatch, last_only):
+    monkeypatch.setattr(recurrence, "_kernel_module", lambda x: fake_kernels())
+    m = wave(rec_init="random", readout="mlp")
+    xs = torch.randn(2, 60, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.rand(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    fast, plain = both(m, xs, h0, last_only=last_only)
+    assert max(rel_errors(fast, plain).values()) < 1e-10
+
+
+def test_kernel_module_only_for_float32_cuda_tensors(monkeypatch):
+    had_triton = "triton" in sys.modules
+    assert recurrence._kernel_module(torch.zeros(1)) is None
+    assert ("triton" in sys.modules) == had_triton
+    cuda_like = types.SimpleNamespace(is_cuda=True, dtype=torch.float32)
+    monkeypatch.setattr(triton_rnn, "available", lambda x: True)
+    assert recurrence._kernel_module(cuda_like) is triton_rnn
+    monkeypatch.setattr(triton_rnn, "available", lambda x: False)
+    assert recurrence._kernel_module(cuda_like) is None
+    assert recurrence._kernel_module(types.SimpleNamespace(is_cuda=True, dtype=torch.float64)) is None
+
+
+@pytest.mark.slow
+def test_train_speed_benchmark_runs(capsys):
+    """benchmarks/train_speed.py end to end on its smallest preset, memory subprocesses included."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+    spec = importlib.util.spec_from_file_location("train_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--presets", "copy80-wrnn", "--reps", "1", "--memory-preset", "copy80-wrnn",
+                       "--devices", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (r,) = report["results"]
+    assert r["preset"] == "copy80-wrnn" and r["old"]["wall_s"] > 0 and r["new"]["wall_s"] > 0
+    assert 0 < r["new"]["fraction_of_peak"] < 1.5 and report["peak_gflops"]["cpu"] > 0
+    assert report["memory"]["new"]["peak_rss_mb"] > 0 and report["memory"]["old"]["iteration_mb"] > 0
+    assert "| copy80-wrnn | cpu |" in bench.table(report) and "peak RSS" in bench.table(report)
+    del report["memory"]
+    assert "peak RSS" not in bench.table(report)
+    with pytest.raises(SystemExit):
+        bench.main(["--presets", "nope"])
+    assert torch.get_num_threads() == 1

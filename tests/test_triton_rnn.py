@@ -1,0 +1,247 @@
+"""The Triton kernels of the Wave-RNN recurrence (wavexport.models.triton_rnn) against the torch reference.
+
+Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors.  Triton reads that variable
+when a ``@triton.jit`` decorator runs, and triton.language decorates its own ``@jit`` helpers when it is first
+imported, so the variable is set here, at the top of the module (collection time), before this module imports triton.
+Our kernels do not depend on that import-time state: triton_rnn imports Triton lazily and jits its kernels on first
+use, once per mode, so only the value at the first kernel call matters, even if another module imported triton
+earlier.  The variable is put back right after the import and set again only while this module's tests run (the
+``_interpret`` fixture), so that no other test in the session sees the interpreter (``available()`` reads it, and a
+CPU training test routed through the interpreter would crawl).  A subprocess would isolate it too, at the cost of a
+second torch import per test.  With CUDA nothing is set and the same tests check the compiled kernels on the GPU.
+"""
+import os
+
+import pytest
+import torch
+
+_CUDA = torch.cuda.is_available()
+_SAVED = os.environ.get("TRITON_INTERPRET")
+if not _CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+try:
+    import triton  # noqa: F401
+    HAVE_TRITON = True
+except ImportError:
+    HAVE_TRITON = False
+finally:
+    if _SAVED is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _SAVED
+
+from wavexport.models import triton_rnn as tr  # noqa: E402  (imports no triton itself)
+from wavexport.models.wrnn import WaveRNN  # noqa: E402
+
+pytestmark = pytest.mark.gpu_kernels
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (pip install triton)")
+DEVICE = torch.device("cuda" if _CUDA else "cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpret():
+    with pytest.MonkeyPatch.context() as mp:
+        if not _CUDA:
+            mp.setenv("TRITON_INTERPRET", "1")
+        yield
+
+
+def _case(B, T, C, N, k, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(B, T, C, N, generator=g, dtype=torch.float64)
+    h0 = torch.rand(B, C, N, generator=g, dtype=torch.float64)
+    # Scaled so that 20 steps neither blow up nor die out.
+    W = torch.randn(C, C, k, generator=g, dtype=torch.float64) * (1.2 / (C * k) ** 0.5)
+    bias = 0.1 * torch.randn(C, generator=g, dtype=torch.float64)
+    G = torch.randn(B, T, C, N, generator=g, dtype=torch.float64)
+    return [x.to(dtype=dtype, device=DEVICE) for x in (U, h0, W, bias, G)]
+
+
+def _close(actual, expected, rtol=1e-5):
+    """Relative to the tensor's scale: |a - e| <= rtol * (|e| + max|e|)."""
+    expected = expected.to(actual.dtype)
+    scale = expected.abs().max().item()
+    assert scale > 0, "degenerate case: all zeros"
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+# (B, T, C, N, k, use_dot, block_n): both conv paths, C and N off powers of two, N below tl.dot's 16, k=1 and k=5,
+# T=1, and N split into chunks (block_n=32 on N=100: three full chunks and a partial one).
+CASES = [
+    pytest.param(2, 5, 3, 12, 3, False, None, id="C3-N12-k3-loop"),
+    pytest.param(2, 20, 3, 8, 1, False, None, id="C3-N8-k1-T20-loop"),
+    pytest.param(2, 5, 6, 100, 3, False, None, id="C6-N100-k3-loop"),
+    pytest.param(2, 5, 6, 12, 5, True, None, id="C6-N12-k5-dot-padded"),
+    pytest.param(2, 1, 16, 8, 3, True, None, id="C16-N8-k3-T1-dot"),
+    pytest.param(2, 20, 16, 12, 3, True, None, id="C16-N12-k3-T20-dot"),
+    pytest.param(2, 5, 16, 100, 3, True, 32, id="C16-N100-k3-dot-chunked"),
+    pytest.param(2, 2, 4, 100, 5, False, 32, id="C4-N100-k5-T2-loop-chunked"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("B,T,C,N,k,use_dot,block_n", CASES)
+def test_forward_and_backward_match_reference(B, T, C, N, k, use_dot, block_n):
+    U, h0, W, bias, G = _case(B, T, C, N, k)
+    H = tr.wrnn_sequence_forward(U, h0, W, bias, use_dot=use_dot, block_n=block_n)
+    assert H.shape == (B, T, C, N) and H.dtype == torch.float32 and H.is_contiguous()
+    _close(H, tr.reference_forward(U.double(), h0.double(), W.double(), bias.double()))
+
+    dU, dh0 = tr.wrnn_sequence_backward(G, H, h0, W, use_dot=use_dot, block_n=block_n)
+    assert dU.shape == (B, T, C, N) and dh0.shape == (B, C, N)
+    # The reference gets the kernel's own H: the ReLU masks are then the same bits.
+    dU_ref, dh0_ref = tr.reference_backward(G.double(), H.double(), h0.double(), W.double())
+    _close(dU, dU_ref)
+    _close(dh0, dh0_ref)
+
+
+@needs_triton
+@pytest.mark.parametrize("C,use_dot", [(6, False), (16, True)], ids=["loop", "dot"])
+def test_gradients_match_autograd(C, use_dot):
+    """dU, dh0 from the backward kernel and dW, dbias from conv_param_grads equal torch.autograd through the
+    reference loop (float64) for the loss sum(G * H)."""
+    B, T, N, k = 2, 6, 12, 3
+    U, h0, W, bias, G = _case(B, T, C, N, k, seed=1)
+    leaves = [x.double().requires_grad_() for x in (U, h0, W, bias)]
+    (tr.reference_forward(*leaves) * G.double()).sum().backward()
+    gU, gh0, gW, gb = (x.grad for x in leaves)
+
+    H = tr.wrnn_sequence_forward(U, h0, W, bias, use_dot=use_dot)
+    dU, dh0 = tr.wrnn_sequence_backward(G, H, h0, W, use_dot=use_dot)
+    dW, db = tr.conv_param_grads(dU, H, h0, k)
+    for got, want in ((dU, gU), (dh0, gh0), (dW, gW), (db, gb)):
+        _close(got, want)
+
+
+@needs_triton
+def test_relu_gradient_at_zero_is_blocked():
+    """torch's convention: a unit whose output is exactly 0 passes no gradient (mask H > 0, not pre >= 0)."""
+    B, T, C, N, k = 1, 3, 3, 8, 3
+    U = torch.zeros(B, T, C, N, device=DEVICE)
+    U[..., ::2] = 1.0  # half the units on, the other half exactly 0 (pre = 0 with W = 0, bias = 0)
+    h0 = torch.zeros(B, C, N, device=DEVICE)
+    W = torch.zeros(C, C, k, device=DEVICE)
+    bias = torch.zeros(C, device=DEVICE)
+    H = tr.wrnn_sequence_forward(U, h0, W, bias)
+    assert torch.equal(H, U)
+    dU, dh0 = tr.wrnn_sequence_backward(torch.ones_like(U), H, h0, W)
+    assert torch.equal(dU, (U > 0).float())
+    assert torch.equal(dh0, torch.zeros_like(h0))
+    leaf = U.clone().requires_grad_()
+    tr.reference_forward(leaf, h0, W, bias).sum().backward()
+    assert torch.equal(leaf.grad, dU)
+
+
+@needs_triton
+def test_matches_wave_rnn_model():
+    """The kernel computes the model's own recurrence (cross-correlation, circular pad, shift direction)."""
+    torch.manual_seed(3)
+    model = WaveRNN(n_in=2, n_out=3, channels=6, ring=12, kernel=3, rec_init="random", enc_init="normal").to(DEVICE)
+    with torch.no_grad():
+        model.encoder.weight.normal_(0.0, 1.0)
+        xs = torch.randn(2, 7, 2, device=DEVICE)
+        want = model.states(xs)
+        U = model.encode(xs).reshape(2, 7, 6, 12)
+        h0 = model.initial_state(2, device=DEVICE, dtype=torch.float32)[0]
+        got = tr.wrnn_sequence_forward(U, h0, model.conv.weight, model.conv.bias)
+    _close(got, want)
+
+
+@needs_triton
+def test_shift_init_moves_a_pulse_one_unit_per_step():
+    model = WaveRNN(n_in=1, n_out=1, channels=3, ring=10, kernel=3, rec_init="shift")
+    B, T, C, N = 1, 4, 3, 10
+    U = torch.zeros(B, T, C, N, device=DEVICE)
+    h0 = torch.zeros(B, C, N, device=DEVICE)
+    h0[0, :, 8] = torch.tensor([1.0, 2.0, 3.0])
+    H = tr.wrnn_sequence_forward(U, h0, model.conv.weight.detach().to(DEVICE), model.conv.bias.detach().to(DEVICE))
+    for t in range(T):
+        assert torch.equal(H[:, t], torch.roll(h0, t + 1, dims=-1))
+
+
+@needs_triton
+def test_strided_inputs():
+    """U and G may be non-contiguous views (e.g. the encoder output laid out [T, B, ...])."""
+    B, T, C, N, k = 2, 4, 16, 12, 3
+    U, h0, W, bias, G = _case(B, T, C, N, k, seed=2)
+    Ut = U.transpose(0, 1).contiguous().transpose(0, 1)
+    Gt = G.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not Ut.is_contiguous() and not Gt.is_contiguous()
+    H = tr.wrnn_sequence_forward(Ut, h0, W, bias)
+    assert torch.equal(H, tr.wrnn_sequence_forward(U, h0, W, bias))
+    dU, dh0 = tr.wrnn_sequence_backward(Gt, H, h0, W)
+    dU2, dh02 = tr.wrnn_sequence_backward(G, H, h0, W)
+    assert torch.equal(dU, dU2) and torch.equal(dh0, dh02)
+
+
+@needs_triton
+def test_available_and_argument_checks():
+    assert tr.available() and tr.available(DEVICE)
+    U, h0, W, bias, G = _case(1, 2, 3, 8, 3)
+    with pytest.raises(TypeError, match="float32"):
+        tr.wrnn_sequence_forward(U.double(), h0.double(), W.double(), bias.double())
+    with pytest.raises(ValueError, match="odd"):
+        tr.wrnn_sequence_forward(U, h0, torch.zeros(3, 3, 2, device=DEVICE), bias)
+    with pytest.raises(ValueError, match="h0"):
+        tr.wrnn_sequence_forward(U, h0[:, :2], W, bias)
+    with pytest.raises(ValueError, match="block_n"):
+        tr.wrnn_sequence_forward(U, h0, W, bias, block_n=24)
+    empty = U[:, :0]
+    assert tr.wrnn_sequence_forward(empty, h0, W, bias).shape == (1, 0, 3, 8)
+    dU, dh0 = tr.wrnn_sequence_backward(empty, empty, h0, W)
+    assert dU.shape == (1, 0, 3, 8) and torch.equal(dh0, torch.zeros_like(h0))
+
+
+def _aot_api():
+    """triton's ahead-of-time compile entry points, or a reason to skip."""
+    import inspect
+    try:
+        from triton.backends import backends
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, compile as aot_compile
+    except ImportError as exc:
+        return None, f"no ahead-of-time compile API in this Triton ({exc})"
+    if "nvidia" not in backends or "constexprs" not in inspect.signature(ASTSource).parameters:
+        return None, "this Triton's ahead-of-time compile API differs from the one the test drives (3.4+)"
+    return (ASTSource, aot_compile, GPUTarget), None
+
+
+@needs_triton
+@pytest.mark.skipif(_CUDA, reason="with CUDA the other tests compile and run the kernels for real")
+@pytest.mark.parametrize("C,N,use_dot", [(3, 12, False), (16, 16, True)], ids=["loop", "dot"])
+def test_kernels_compile_for_sm90(monkeypatch, C, N, use_dot):
+    """The interpreter runs the kernels as Python and so misses what only the compiler checks (types, constexpr use,
+    loop-carried values).  Compile both kernels to an sm_90 cubin ahead of time (ptxas ships with the wheel; no GPU
+    needed) and check that the step barrier reaches the PTX."""
+    api, reason = _aot_api()
+    if api is None:
+        pytest.skip(reason)
+    ASTSource, aot_compile, GPUTarget = api
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 is its current default
+    use_dot, c_pad, n_pad, block_n = tr._config(C, N, use_dot, None)
+    consts = dict(C=C, N=N, K=3, C_PAD=c_pad, N_PAD=n_pad, BLOCK_N=block_n, USE_DOT=use_dot, PRECISION="ieee")
+    for kernel in tr._kernels(False):
+        sig = {a: "constexpr" if a in consts else "*fp32" if a.endswith("_ptr") else "i32" for a in kernel.arg_names}
+        compiled = aot_compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                               options={"num_warps": tr._warps(None, c_pad, block_n), "num_stages": 1})
+        ptx = compiled.asm["ptx"]
+        assert "bar.sync" in ptx or "barrier.sync" in ptx
+        assert compiled.asm["cubin"]
+
+
+def test_reference_backward_matches_autograd():
+    """The reference the kernels are held to is itself checked against autograd (no Triton needed)."""
+    U, h0, W, bias, G = _case(2, 5, 4, 9, 3, seed=4, dtype=torch.float64)
+    leaves = [x.clone().requires_grad_() for x in (U, h0, W, bias)]
+    H = tr.reference_forward(*leaves)
+    (H * G).sum().backward()
+    dU, dh0 = tr.reference_backward(G, H.detach(), h0, W)
+    torch.testing.assert_close(dU, leaves[0].grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dh0, leaves[1].grad, rtol=1e-12, atol=1e-12)
+    dW, db = tr.conv_param_grads(dU, H.detach(), h0, 3)
+    torch.testing.assert_close(dW, leaves[2].grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(db, leaves[3].grad, rtol=1e-12, atol=1e-12)
+    # Chunked over time: the same sums.
+    dW2, db2 = tr.conv_param_grads(dU, H.detach(), h0, 3, chunk=2)
+    torch.testing.assert_close(dW2, dW, rtol=1e-12, atol=1e-12)
