@@ -136,7 +136,7 @@ def _solve_text(cell: dict, what: str) -> str:
     kind = {"iterations": "int", "cpu_s": "s", "gflop": "gflop"}[what]
     s = fmt_stat(vals, kind)
     if k < n:
-        s += f" ({k}/{n} solved)"
+        s += f" ({k}/{n} solved" + (f", {cell['pending']} still running)" if cell["pending"] else ")")
     return s
 
 
