@@ -17,6 +17,7 @@ import errno
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -219,6 +220,10 @@ def run_demo(model_path, port: int = DEFAULT_PORT, open_browser: bool = False, w
         ensure_npm_install(root, echo=echo)
     elif not ort_installed(root):
         echo(f"{ORT_PACKAGE} is not installed in {root}: the page will load it from the public CDN")
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C must stop it even when started from a shell that ignores SIGINT for background jobs
+        # (Python then never installs its KeyboardInterrupt handler).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     server = serve(model, port=port, open_browser=open_browser, web_root=root,
                    log=(lambda line: echo(line)) if verbose else None)
     try:
