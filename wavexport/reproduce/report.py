@@ -205,6 +205,11 @@ def _final_md(exp: Experiment, table: dict) -> list[str]:
             if ma > 0 and mb > 0:
                 ratio = f"{mb / ma:.3g}× ({math.log10(mb / ma):.1f} orders)"
         its = fmt_stat(ca["steps"], "int")
+        if any(st != "done" for st in ca["status"] + cb["status"]):
+            budget = max((r["budget"] or 0) for r in ca["runs"] + cb["runs"])
+            lines.append(f"| {row['label'].replace('T=', '')}{' ¹' if row['single_seed'] else ''} | unfinished: "
+                         f"{its} of {budget:,} iterations so far (re-run to resume) | | | | | | |")
+            continue
         lines.append(f"| {row['label'].replace('T=', '')}{' ¹' if row['single_seed'] else ''} | "
                      f"{fmt_stat(ca['final_loss'], 'sci')} | {fmt_stat(ca['final_acc'], 'pct')} | "
                      f"{fmt_stat(cb['final_loss'], 'sci')} | {fmt_stat(cb['final_acc'], 'pct')} | {ratio} | {its} | "
