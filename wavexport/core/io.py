@@ -94,11 +94,16 @@ def _write_through(path: Path, write, fd: int | None) -> None:
     except OSError as e:
         raise _write_error(path, e) from None
     finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        _discard(tmp)
+
+
+def _discard(tmp: str | None) -> None:
+    """Remove a temp file that did not become the result (already gone is fine)."""
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -141,11 +146,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     except OSError as e:
         raise _write_error(path, e) from None
     finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        _discard(tmp)
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
