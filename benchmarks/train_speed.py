@@ -6,10 +6,11 @@
 One training iteration = forward + backward + Adam step at batch 128 on random inputs of the task's shape (the speed
 does not depend on the values). For every preset and device the two implementations alternate in one process
 (``plain_recurrence()`` selects the old loop), after one warm-up iteration each, and the script prints the median
-seconds per iteration (wall clock and process CPU time), their ratio old/new, the achieved GFLOP/s (the model's
-multiply-adds, forward + backward, counted below) and that as a fraction of the fp32 GEMM peak measured in the same
-run on the same device and threads. On a shared machine the CPU-time ratio is the steadier figure: it does not count
-the time the process waited for a core.
+seconds per iteration (wall clock and process CPU time), their ratio old/new, the achieved GFLOP/s (the FLOPs of
+``wavexport.models.flops.flops_per_iteration``: forward products, backward counted as twice the forward) and that
+as a fraction of the fp32 GEMM peak measured in the same run on the same device and threads. On a shared machine
+the CPU-time figures are the steady ones (waiting for a core is not counted), so on the CPU the GFLOP/s and the
+peak are both per CPU-second; on CUDA, per wall second.
 
 ``--memory`` (default on) also runs one psMNIST wRNN iteration of each implementation in its own subprocess and
 reports the process's peak resident set size (VmHWM, Linux) and its growth over the resident size just before the
@@ -45,22 +46,19 @@ PRESETS = {
 BATCH = 128
 
 
+def model_config(name: str) -> dict:
+    from wavexport.models import resolve_config
+
+    arch, n_in, n_out, _, _, size = PRESETS[name]
+    return resolve_config(arch, n_in, n_out, **size)
+
+
 def iteration_flop(name: str) -> float:
-    """Multiply-adds x 2 of one training iteration: forward, input-side and weight gradients of every product."""
-    arch, n_in, n_out, T, last_only, size = PRESETS[name]
-    B = BATCH
-    reads = B if last_only else B * T
-    if arch == "wrnn":
-        C, N = size["channels"], size["ring"]
-        recurrent = 2 * B * T * C * C * 3 * N * 3  # conv forward, transposed conv, kernel gradient
-        encoder = 2 * B * T * n_in * C * N * 2  # forward and weight gradient (no input gradient)
-        readout = 2 * reads * C * N * n_out * 3
-    else:
-        H = size["hidden"]
-        recurrent = 2 * B * T * H * H * 3
-        encoder = 2 * B * T * n_in * H * 2
-        readout = 2 * reads * H * n_out * 3
-    return float(recurrent + encoder + readout)
+    """The project's one FLOP count (wavexport.models.flops): forward products, backward as twice the forward."""
+    from wavexport.models.flops import flops_per_iteration
+
+    _, _, _, T, last_only, _ = PRESETS[name]
+    return flops_per_iteration(model_config(name), T, 1 if last_only else T, BATCH)
 
 
 def _sync(device: torch.device) -> None:
@@ -68,8 +66,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(device: torch.device) -> float:
+    """Process CPU time on the CPU (steady on a shared machine: waiting for a core is not counted), else wall."""
+    return time.process_time() if device.type == "cpu" else time.perf_counter()
+
+
 def gemm_peak(device: torch.device) -> float:
-    """Best fp32 GFLOP/s of square torch.mm products (512 and 1024; 4096 on CUDA) on the current threads."""
+    """Best fp32 GFLOP/s of square torch.mm products (512 and 1024; 4096 on CUDA) on the current threads, per
+    ``_clock`` second: on the CPU, per CPU-second, like the presets' figures it is compared with."""
     best = 0.0
     for n in ((4096,) if device.type == "cuda" else (512, 1024)):
         a = torch.randn(n, n, device=device)
@@ -78,21 +82,21 @@ def gemm_peak(device: torch.device) -> float:
         reps = max(1, int(2e9 / (2 * n ** 3))) if device.type == "cpu" else 20
         for _ in range(3):
             _sync(device)
-            t = time.perf_counter()
+            t = _clock(device)
             for _ in range(reps):
                 torch.mm(a, b)
             _sync(device)
-            best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9)
+            best = max(best, 2 * n ** 3 * reps / (_clock(device) - t) / 1e9)
     return best
 
 
 def make_iteration(name: str, device: torch.device, seed: int = 0):
     """(model, one-iteration function) for a preset: random inputs and targets of the task's shapes."""
-    from wavexport.models import build_model, resolve_config
+    from wavexport.models import build_model
 
-    arch, n_in, n_out, T, last_only, size = PRESETS[name]
+    _, n_in, n_out, T, last_only, _ = PRESETS[name]
     torch.manual_seed(seed)
-    model = build_model(resolve_config(arch, n_in, n_out, **size)).to(device)
+    model = build_model(model_config(name)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed)
     xs = torch.rand(BATCH, T, n_in, generator=g).to(device)
@@ -134,8 +138,9 @@ def time_preset(name: str, device: torch.device, reps: int) -> dict:
     out = {"preset": name, "device": device.type, "reps": reps, "gflop_per_iteration": flop / 1e9}
     for mode in modes:
         wall = statistics.median(t[0] for t in times[mode])
-        out[mode] = {"wall_s": wall, "cpu_s": statistics.median(t[1] for t in times[mode]),
-                     "wall_min_s": min(t[0] for t in times[mode]), "gflops": flop / wall / 1e9}
+        cpu = statistics.median(t[1] for t in times[mode])
+        out[mode] = {"wall_s": wall, "cpu_s": cpu, "wall_min_s": min(t[0] for t in times[mode]),
+                     "gflops": flop / (cpu if device.type == "cpu" else wall) / 1e9}
     out["ratio_wall"] = out["old"]["wall_s"] / out["new"]["wall_s"]
     out["ratio_cpu"] = out["old"]["cpu_s"] / out["new"]["cpu_s"]
     return out
@@ -233,7 +238,8 @@ def table(report: dict) -> str:
     m = report["machine"]
     lines = [f"{m['date']}  {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {report['threads']} thread(s), "
              f"batch {report['batch']}, load average {' '.join(f'{x:.1f}' for x in m['load_avg'])}",
-             "fp32 GEMM peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in report["peak_gflops"].items()), "",
+             "fp32 GEMM peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in report["peak_gflops"].items())
+             + " (CPU: per CPU-second)", "",
              "| preset | device | old s/it (cpu) | new s/it (cpu) | old/new wall | old/new cpu | GFLOP/s old -> new "
              "| % of peak old -> new |",
              "|---|---|---|---|---|---|---|---|"]
