@@ -26,7 +26,6 @@ from onnx import helper, numpy_helper
 from ..core.contract import Contract
 from ..core.errors import ExportError, VerificationError
 from ..evaluation import evaluate, load_eval_splits, streamer_predictor, test_stream
-from ..runtime.session import StreamingSession
 from ..tasks import resolve_data_dir
 from .verify import ort_chain, session
 
