@@ -89,7 +89,7 @@ def _fmt_num(v: float, kind: str) -> str:
     if kind == "s":
         return f"{v:.1f} s" if v < 10 else f"{v:,.0f} s" if v < 10_000 else f"{v / 3600:.1f} h"
     if kind == "gflop":
-        return f"{v / 1e9:,.0f}" if v >= 1e10 else f"{v / 1e9:.2f}"
+        return f"{v:,.0f}" if v >= 10 else f"{v:.2f}"  # v in GFLOP
     return f"{v:.3g}"
 
 
@@ -132,7 +132,7 @@ def _solve_text(cell: dict, what: str) -> str:
             return "running"
         return f"not solved within {cell['cap']:,}" if what == "iterations" else (
             fmt_stat(cell["unsolved_cpu_s"], "s") + " (cap)" if what == "cpu_s" else "—")
-    vals = cell[what] if what != "gflop" else [g * 1e9 for g in cell["gflop"]]
+    vals = cell[what]
     kind = {"iterations": "int", "cpu_s": "s", "gflop": "gflop"}[what]
     s = fmt_stat(vals, kind)
     if k < n:
@@ -246,7 +246,7 @@ def _accuracy_md(exp: Experiment, table: dict) -> list[str]:
         paper = exp.paper.get(arch)
         lines.append(f"| {_lbl(arch)}{' ¹' if row['single_seed'] else ''} | {fmt_stat(c['test_acc'], 'pct')} | "
                      f"{fmt_stat(c['steps'], 'int')}{epochs} | {fmt_stat(c['run_cpu_s'], 's')} | "
-                     f"{fmt_stat(c['run_gflop'] and [g * 1e9 for g in c['run_gflop']], 'gflop')} | "
+                     f"{fmt_stat(c['run_gflop'], 'gflop')} | "
                      f"{f'{100 * paper:.1f} %' if paper else '—'} |")
     return lines
 
