@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -118,20 +119,31 @@ def make_iteration(name: str, device: torch.device, seed: int = 0):
     return model, step
 
 
-def time_preset(name: str, device: torch.device, reps: int) -> dict:
+def modes_for(device: torch.device) -> dict:
+    """old: the plain per-step loop; new: what ``model(xs)`` runs (the fast recurrence; on CUDA the Wave-RNN's Triton
+    kernels and cuDNN for the iRNN, see ``recurrence.wave_fast``)."""
     from wavexport.models.recurrence import plain_recurrence
 
+    return {"old": plain_recurrence, "new": contextlib.nullcontext}
+
+
+def time_preset(name: str, device: torch.device, reps: int) -> dict:
     _, step = make_iteration(name, device)
-    modes = {"old": plain_recurrence, "new": contextlib.nullcontext}
+    modes = modes_for(device)
     times = {m: [] for m in modes}
-    for r in range(reps + 1):  # round 0 warms up
+    peak_mb = {}
+    for r in range(reps + 1):  # round 0 warms up (and compiles the kernels)
         for mode, ctx in modes.items():
             with ctx():
                 _sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 w, c = time.perf_counter(), time.process_time()
                 step()
                 _sync(device)
                 w, c = time.perf_counter() - w, time.process_time() - c
+                if device.type == "cuda":
+                    peak_mb[mode] = torch.cuda.max_memory_allocated(device) / 2 ** 20
             if r:
                 times[mode].append((w, c))
     flop = iteration_flop(name)
@@ -141,8 +153,12 @@ def time_preset(name: str, device: torch.device, reps: int) -> dict:
         cpu = statistics.median(t[1] for t in times[mode])
         out[mode] = {"wall_s": wall, "cpu_s": cpu, "wall_min_s": min(t[0] for t in times[mode]),
                      "gflops": flop / (cpu if device.type == "cpu" else wall) / 1e9}
+        if mode in peak_mb:
+            out[mode]["peak_mb"] = peak_mb[mode]
     out["ratio_wall"] = out["old"]["wall_s"] / out["new"]["wall_s"]
     out["ratio_cpu"] = out["old"]["cpu_s"] / out["new"]["cpu_s"]
+    if name.startswith(("psmnist", "smnist")):  # the paper's epoch: 57,000 training images at batch 128
+        out["epoch_s"] = {mode: math.ceil(57000 / BATCH) * out[mode]["wall_s"] for mode in modes}
     return out
 
 
@@ -220,12 +236,12 @@ def main(argv=None) -> int:
         for name in presets:
             r = time_preset(name, dev, args.reps)
             results.append(r)
-            print(f"{name} {dev.type}: old {r['old']['wall_s']:.3f} s, new {r['new']['wall_s']:.3f} s",
+            print(f"{name} {dev.type}: " + ", ".join(f"{m} {r[m]['wall_s']:.4f} s" for m in modes_for(dev)),
                   file=sys.stderr, flush=True)
         # The peak again at the end (on a shared machine it drifts): the better of the two.
         peak = report["peak_gflops"][dev.type] = max(peak, gemm_peak(dev))
         for r in results:
-            for mode in ("old", "new"):
+            for mode in modes_for(dev):
                 r[mode]["fraction_of_peak"] = r[mode]["gflops"] / peak
         report["results"] += results
     if args.memory:
@@ -245,10 +261,16 @@ def table(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         o, n = r["old"], r["new"]
-        lines.append(f"| {r['preset']} | {r['device']} | {o['wall_s']:.3f} ({o['cpu_s']:.3f}) | "
-                     f"{n['wall_s']:.3f} ({n['cpu_s']:.3f}) | {r['ratio_wall']:.2f}x | {r['ratio_cpu']:.2f}x | "
+        lines.append(f"| {r['preset']} | {r['device']} | {o['wall_s']:.4f} ({o['cpu_s']:.3f}) | "
+                     f"{n['wall_s']:.4f} ({n['cpu_s']:.3f}) | {r['ratio_wall']:.2f}x | {r['ratio_cpu']:.2f}x | "
                      f"{o['gflops']:.1f} -> {n['gflops']:.1f} | "
                      f"{100 * o['fraction_of_peak']:.0f}% -> {100 * n['fraction_of_peak']:.0f}% |")
+    cuda = [r for r in report["results"] if r["device"] == "cuda"]
+    if cuda:
+        lines += ["", "| preset (CUDA) | peak GPU memory old -> new (MB) | paper epoch old -> new (s) |", "|---|---|---|"]
+        for r in cuda:
+            epoch = f"{r['epoch_s']['old']:.1f} -> {r['epoch_s']['new']:.1f}" if "epoch_s" in r else "-"
+            lines.append(f"| {r['preset']} | {r['old']['peak_mb']:.0f} -> {r['new']['peak_mb']:.0f} | {epoch} |")
     if "memory" in report:
         mem = report["memory"]
         lines += ["", f"peak RSS of one {mem['preset']} iteration (own subprocess each): "

@@ -327,12 +327,16 @@ def test_kernel_path_gradients_equal_the_plain_loop(monkeypatch, last_only):
 
 
 def test_kernel_module_only_for_float32_cuda_tensors(monkeypatch):
+    monkeypatch.delenv("WAVEXPORT_TRITON", raising=False)
     had_triton = "triton" in sys.modules
     assert recurrence._kernel_module(torch.zeros(1)) is None
     assert ("triton" in sys.modules) == had_triton
     cuda_like = types.SimpleNamespace(is_cuda=True, dtype=torch.float32)
     monkeypatch.setattr(triton_rnn, "available", lambda x: True)
     assert recurrence._kernel_module(cuda_like) is triton_rnn
+    monkeypatch.setenv("WAVEXPORT_TRITON", "0")  # the user's switch back to the torch-op recurrence
+    assert recurrence._kernel_module(cuda_like) is None
+    monkeypatch.delenv("WAVEXPORT_TRITON")
     monkeypatch.setattr(triton_rnn, "available", lambda x: False)
     assert recurrence._kernel_module(cuda_like) is None
     assert recurrence._kernel_module(types.SimpleNamespace(is_cuda=True, dtype=torch.float64)) is None

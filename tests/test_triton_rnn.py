@@ -230,6 +230,20 @@ def test_kernels_compile_for_sm90(monkeypatch, C, N, use_dot):
         assert compiled.asm["cubin"]
 
 
+@needs_triton
+def test_jitted_kernels_keep_their_constexpr_parameters(monkeypatch):
+    """The kernels are re-created over a private namespace before jitting; Triton tells constexpr from runtime
+    arguments by the ``tl.constexpr`` annotations, so the copies must keep them (on the first GPU they were lost and
+    Triton 3.6 refused to launch: "failed to specialize argument of type: str")."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    import inspect
+
+    for kernel, original in zip(tr._kernels(False), (tr.wrnn_fwd_kernel, tr.wrnn_bwd_kernel)):
+        declared = [n for n, a in inspect.signature(original).parameters.items() if "constexpr" in str(a.annotation)]
+        assert declared and "PRECISION" in declared and "C" in declared
+        assert [p.name for p in kernel.params if p.is_constexpr] == declared
+
+
 def test_reference_backward_matches_autograd():
     """The reference the kernels are held to is itself checked against autograd (no Triton needed)."""
     U, h0, W, bias, G = _case(2, 5, 4, 9, 3, seed=4, dtype=torch.float64)

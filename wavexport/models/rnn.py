@@ -67,10 +67,10 @@ class IRNN(_TorchRNN):
         return (torch.relu(u_t + state[0] @ self.rnn.weight_hh_l0.T),)
 
     def forward(self, xs, state=None, last_only=False):
-        """nn.RNN's kernel without gradients; with them, ``recurrence.irnn_sequence`` (one autograd node over the
-        sequence, unless ``plain_recurrence()``)."""
-        if not (xs.shape[1] and recurrence.use_fast() and recurrence.grad_needed(xs, *(state or ()),
-                                                                                 *self.parameters())):
+        """nn.RNN's kernel without gradients or on CUDA (cuDNN); with gradients on the CPU,
+        ``recurrence.irnn_sequence`` (one autograd node over the sequence, unless ``plain_recurrence()``)."""
+        if not (xs.shape[1] and recurrence.use_fast() and recurrence.irnn_fast(xs)
+                and recurrence.grad_needed(xs, *(state or ()), *self.parameters())):
             return super().forward(xs, state, last_only)
         if state is None:
             state = self.initial_state(xs.shape[0], device=xs.device, dtype=xs.dtype)

@@ -258,6 +258,9 @@ def _kernels(interpret: bool):
     for fn in _KERNEL_FUNCTIONS:  # in dependency order: callees first
         copy = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__)
         copy.__qualname__, copy.__doc__ = fn.__qualname__, fn.__doc__
+        # The tl.constexpr annotations live on the function, not its code: without them Triton 3.6 (inspect.signature)
+        # takes C, N, PRECISION... for runtime arguments and fails to launch ("failed to specialize ... str").
+        copy.__annotations__ = dict(fn.__annotations__)
         namespace[fn.__name__] = triton.jit(copy)
     return namespace["wrnn_fwd_kernel"], namespace["wrnn_bwd_kernel"]
 
