@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="psmnist", choices=list(SHAPES))
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=BATCH, help="batch size (the paper's 128; smaller for a dry run)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--quick", action="store_true", help="three choices (default, 4 warps, tf32x3): fewer compiles")
     args = ap.parse_args(argv)
@@ -63,11 +64,11 @@ def main(argv=None) -> int:
         return 2
     T, C, N = SHAPES[args.shape]
     g = torch.Generator().manual_seed(0)
-    U = (0.1 * torch.randn(BATCH, T, C, N, generator=g, dtype=torch.float64)).to(dev)
-    h0 = torch.rand(BATCH, C, N, generator=g, dtype=torch.float64).to(dev)
+    U = (0.1 * torch.randn(args.batch, T, C, N, generator=g, dtype=torch.float64)).to(dev)
+    h0 = torch.rand(args.batch, C, N, generator=g, dtype=torch.float64).to(dev)
     W = (torch.randn(C, C, 3, generator=g, dtype=torch.float64) * (1.0 / (3 * C) ** 0.5)).to(dev)
     bias = (0.01 * torch.randn(C, generator=g, dtype=torch.float64)).to(dev)
-    G = (torch.randn(BATCH, T, C, N, generator=g, dtype=torch.float64) / T).to(dev)
+    G = (torch.randn(args.batch, T, C, N, generator=g, dtype=torch.float64) / T).to(dev)
     with torch.no_grad():
         H64 = tr.reference_forward(U, h0, W, bias)
         dU64, dh064 = tr.reference_backward(G, H64, h0, W)
@@ -92,12 +93,12 @@ def main(argv=None) -> int:
     dU32 = dU64.float()
     grads = _time(lambda: tr.conv_param_grads(dU32, H32, h032, 3), args.reps)
     report = {"gpu": torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)", "torch": torch.__version__,
-              "triton": __import__("triton").__version__, "shape": dict(B=BATCH, T=T, C=C, N=N, k=3),
+              "triton": __import__("triton").__version__, "shape": dict(B=args.batch, T=T, C=C, N=N, k=3),
               "choices": rows, "conv_param_grads_ms": 1e3 * grads}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{report['gpu']}, torch {report['torch']}, triton {report['triton']}, {args.shape} B={BATCH} T={T} C={C} "
+    print(f"{report['gpu']}, torch {report['torch']}, triton {report['triton']}, {args.shape} B={args.batch} T={T} C={C} "
           f"N={N} k=3; conv_param_grads {report['conv_param_grads_ms']:.2f} ms")
     print("| num_warps | block_n | precision | forward ms | backward ms | forward rel. err | backward rel. err |")
     print("|---|---|---|---|---|---|---|")

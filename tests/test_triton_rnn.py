@@ -259,3 +259,25 @@ def test_reference_backward_matches_autograd():
     # Chunked over time: the same sums.
     dW2, db2 = tr.conv_param_grads(dU, H.detach(), h0, 3, chunk=2)
     torch.testing.assert_close(dW2, dW, rtol=1e-12, atol=1e-12)
+
+
+@needs_triton
+def test_kernel_tune_benchmark_runs(capsys):
+    """benchmarks/kernel_tune.py end to end on a tiny shape (in the interpreter without CUDA): every choice it
+    tries reports times and an error against float64 within the training path's 1e-5."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_tune.py"
+    spec = importlib.util.spec_from_file_location("kernel_tune", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--shape", "tiny", "--batch", "2", "--reps", "1", "--quick", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shape"] == {"B": 2, "T": 4, "C": 16, "N": 16, "k": 3}
+    assert len(report["choices"]) == 3 and report["conv_param_grads_ms"] > 0
+    for row in report["choices"]:
+        assert "error" not in row, row
+        assert row["fwd_ms"] > 0 and row["bwd_ms"] > 0
+        assert row["fwd_rel_err"] < 1e-5 and row["bwd_rel_err"] < 1e-5
