@@ -391,24 +391,40 @@ def wrnn_sequence_backward(G: torch.Tensor, H: torch.Tensor, h0: torch.Tensor, W
 # --------------------------------------------------------------------------------------------------------------
 # Parameter gradients (torch GEMMs) and the torch reference (any float dtype, any device)
 # --------------------------------------------------------------------------------------------------------------
-def conv_param_grads(dU: torch.Tensor, H: torch.Tensor, h0: torch.Tensor, kernel: int,
-                     chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def conv_param_grads(dU: torch.Tensor, H: torch.Tensor, h0: torch.Tensor,
+                     kernel: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(dW [C, C, k], dbias [C]) from dU = every d_t [B, T, C, N], the states H [B, T, C, N] and h0 [B, C, N]:
     dbias = sum d, dW[o, i, j] = sum_{b,t,n} d_t[b, o, n] h_{t-1}[b, i, (n + j - k//2) mod N].
-    ``chunk`` bounds memory to that many timesteps of shifted states at a time (None: all at once)."""
+
+    Batched products over the flat rows r = b*T + t of views, no copies: row r's previous state is row r-1, except at
+    t = 0 (h0, not the previous sample's last state), fixed by two small corrections; the ring's wrap is one more
+    product per tap over the columns it moves. The first GPU measurement (H200, psMNIST shapes) timed the earlier
+    version, three 1.6 GB rolled copies and ``tensordot``s, at 22.6 ms, more than both kernels."""
     B, T, C, N = dU.shape
     p = kernel // 2
-    dW = torch.zeros((C, C, kernel), dtype=dU.dtype, device=dU.device)
+    dW = dU.new_zeros((C, C, kernel))
     dbias = dU.sum(dim=(0, 1, 3))
-    step = T if not chunk else int(chunk)
-    for t0 in range(0, T, max(1, step)):
-        t1 = min(T, t0 + step)
-        prev = H[:, t0 - 1:t1 - 1] if t0 > 0 else torch.cat([h0.unsqueeze(1), H[:, :t1 - 1]], dim=1)
-        d = dU[:, t0:t1]
-        for j in range(kernel):
-            # roll(x, s)[n] = x[n - s]; s = p - j reads x[n + j - p].
-            dW[:, :, j] += torch.tensordot(d, torch.roll(prev, shifts=p - j, dims=-1), dims=([0, 1, 3], [0, 1, 3]))
+    if B == 0 or T == 0:
+        return dW, dbias
+    d, h = dU.reshape(B * T, C, N), H.reshape(B * T, C, N)
+    first = dU[:, 0]
+    for j in range(kernel):
+        s = j - p
+        dW[:, :, j] = (_ring_corr(d[1:], h[:-1], s) - _ring_corr(first[1:], H[:-1, -1], s)
+                       + _ring_corr(first, h0, s))
     return dW, dbias
+
+
+def _ring_corr(d: torch.Tensor, h: torch.Tensor, s: int) -> torch.Tensor:
+    """sum_r sum_n d[r, o, n] h[r, i, (n + s) mod N] -> [C, C], for d, h [R, C, N] (views; split at the wrap)."""
+    N = d.shape[-1]
+    if d.shape[0] == 0:
+        return d.new_zeros((d.shape[1], h.shape[1]))
+    s %= N
+    out = torch.bmm(d[..., :N - s], h[..., s:].transpose(1, 2)).sum(0)
+    if s:
+        out += torch.bmm(d[..., N - s:], h[..., :s].transpose(1, 2)).sum(0)
+    return out
 
 
 def _circular_pad(h: torch.Tensor, pad: int) -> torch.Tensor:
