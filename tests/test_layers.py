@@ -26,6 +26,7 @@ ALLOWED = {
     "webdemo": {"core"},
     "reproduce": {"core", "models", "tasks", "config", "checkpoint", "evaluation", "runtime", "training",
                   "exporters", "plot"},
+    "sweep": {"core", "models", "tasks", "config", "checkpoint", "training"},
     "cli": None,  # the top: may import anything
     "__main__": {"cli"},
 }

@@ -167,10 +167,31 @@ class Checkpoint:
             raise CheckpointError(f"{path} is damaged ({e})") from None
 
 
+def run_complete(run_dir: str | os.PathLike, budget: dict | None = None) -> bool:
+    """Whether the run in ``run_dir`` is over, so that resuming it would do nothing: it stopped solved (with
+    ``stop_when_solved``), or used its step budget, or (epochs alone) its epochs. ``budget``: train options among
+    ``steps``, ``epochs``, ``stop_when_solved`` that replace the run's own (what a resume with them would run to).
+    No readable checkpoint.pt: not complete."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return False
+    try:
+        ck = Checkpoint.load(path)
+    except CheckpointError:
+        return False
+    cfg, p, want = ck.train_config, ck.progress, budget or {}
+    steps, epochs = want.get("steps", cfg.steps), want.get("epochs", cfg.epochs)
+    if want.get("stop_when_solved", cfg.stop_when_solved) and ck.solved_at is not None:
+        return True
+    if steps and p.get("step", 0) >= steps:
+        return True
+    return bool(epochs and not steps and p.get("epoch", 0) >= epochs)
+
+
 def load_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
     """:meth:`Checkpoint.load`, passing a loaded one through (so functions take either)."""
     return path if isinstance(path, Checkpoint) else Checkpoint.load(path)
 
 
 __all__ = ["Checkpoint", "CheckpointError", "DIGEST_KEY", "FORMAT", "RUN_FILES", "content_digest",
-           "load_checkpoint"]
+           "load_checkpoint", "run_complete"]

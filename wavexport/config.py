@@ -121,6 +121,23 @@ def make_config(task: str, arch: str = "wrnn", preset: str = "paper", **override
     return TrainConfig(task=task, arch=arch, preset=preset, **values)
 
 
+def train_args(options: dict) -> list[str]:
+    """``wavexport train`` arguments for train options (TrainConfig names, and the run options such as threads):
+    ``--name-with-dashes VALUE``, a flag alone for True, a comma list for a list, nothing for None or False."""
+    args: list[str] = []
+    for k, v in options.items():
+        if v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            args.append(flag)
+        elif isinstance(v, (list, tuple)):
+            args += [flag, ",".join(str(x) for x in v)]
+        else:
+            args += [flag, str(v)]
+    return args
+
+
 def resolve_device(name: str):
     """A torch device from ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     import torch

@@ -95,10 +95,11 @@ def train(ctx, task, arch, preset, out, resume, threads, skip_nonfinite, nproc, 
         sys.exit(_under_torchrun(nproc, ["train", *command_line(ctx, exclude=("nproc",))]))
     explicit = {k: v for k, v in {**opts, "arch": arch, "preset": preset}.items()
                 if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-    world = init_from_env(opts.get("device") or "auto")  # under torchrun: join the group; else nothing
+    world = env_world()  # under torchrun: this process's rank; else a single process
     quiet = quiet or not world.is_main  # rank 0 speaks for the run
     clean = False
     try:
+        init_from_env(opts.get("device") or "auto")  # join torchrun's process group (nothing without torchrun)
         trainer = Trainer(cfg, out, resume=resume, quiet=quiet, resume_overrides=explicit,
                           skip_nonfinite=skip_nonfinite)
         run_cfg = trainer.cfg  # a resumed run's own config: its arch, not the CLI's default
@@ -150,17 +151,25 @@ def command_line(ctx, exclude=()) -> list[str]:
 def _under_torchrun(nproc: int, args: list[str]) -> int:
     """Run ``wavexport ARGS`` as ``nproc`` processes under torchrun; its exit status (130 after a Ctrl-C).
 
-    torchrun starts its workers in their own sessions and passes the terminal's Ctrl-C on to them once: each
-    rank finishes the step the ranks agree on, rank 0 checkpoints, and the run resumes with ``--resume``."""
+    torchrun runs in its own process group: a Ctrl-C (or SIGTERM) here is passed to it once, and it passes it to
+    each rank once: the ranks finish the step they agree on, rank 0 checkpoints, and the run resumes with
+    ``--resume``."""
     from ..training.distributed import torchrun_command
 
-    proc = subprocess.Popen(torchrun_command(nproc, args))
+    proc = subprocess.Popen(torchrun_command(nproc, args), preexec_fn=os.setpgrp)
     interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # torchrun handles it
+
+    def forward(signum, frame):
+        if not interrupted and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        interrupted.append(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         rc = proc.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
     return 130 if interrupted else rc
 
 

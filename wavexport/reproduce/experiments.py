@@ -36,18 +36,9 @@ class RunSpec:
 
     def argv(self) -> list[str]:
         """``wavexport train`` arguments (without --out / --resume)."""
-        args = [self.task, "--arch", self.arch, "--seed", str(self.seed)]
-        if self.seq is not None:
-            args += ["--seq", str(self.seq)]
-        for k, v in self.options:
-            flag = "--" + k.replace("_", "-")
-            if v is True:
-                args.append(flag)
-            elif isinstance(v, (list, tuple)):
-                args += [flag, ",".join(str(x) for x in v)]
-            else:
-                args += [flag, str(v)]
-        return args
+        from ..config import train_args
+
+        return [self.task, "--arch", self.arch, *train_args({"seed": self.seed, "seq": self.seq, **self.opts})]
 
 
 @dataclass(frozen=True)

@@ -40,24 +40,9 @@ def run_dir(root: Path, spec: RunSpec) -> Path:
 
 def is_complete(path: Path, spec: RunSpec | None = None) -> bool:
     """Whether the run in ``path`` has used its budget (the spec's, else its own) or stopped solved."""
-    from ..checkpoint import Checkpoint
-    from ..core.errors import CheckpointError
+    from ..checkpoint import run_complete
 
-    ck_path = path / "checkpoint.pt"
-    if not ck_path.is_file():
-        return False
-    try:
-        ck = Checkpoint.load(ck_path)
-    except CheckpointError:
-        return False
-    cfg, p = ck.train_config, ck.progress
-    want = spec.opts if spec is not None else {}
-    steps, epochs = want.get("steps", cfg.steps), want.get("epochs", cfg.epochs)
-    if want.get("stop_when_solved", cfg.stop_when_solved) and ck.solved_at is not None:
-        return True
-    if steps and p.get("step", 0) >= steps:
-        return True
-    return bool(epochs and not steps and p.get("epoch", 0) >= epochs)
+    return run_complete(path, spec.opts if spec is not None else None)
 
 
 def train_command(spec: RunSpec, path: Path, threads: int = 1, device: str = "auto") -> list[str]:

@@ -90,9 +90,10 @@ def init_from_env(device: str = "auto") -> World:
         return current()
     dev = resolve_device(device)
     if dev.type == "cuda":
-        if want.local_rank >= torch.cuda.device_count():
-            raise TrainingError(f"rank {want.rank}: LOCAL_RANK {want.local_rank} but this node has "
-                                f"{torch.cuda.device_count()} CUDA device(s); start at most that many per node")
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", want.local_rank + 1))
+        if max(per_node, want.local_rank + 1) > torch.cuda.device_count():  # the same verdict on every rank
+            raise TrainingError(f"{per_node} processes on this node but {torch.cuda.device_count()} CUDA device(s): "
+                                "NCCL needs one device per process; start at most that many per node")
         torch.cuda.set_device(want.local_rank)
         backend = "cpu:gloo,cuda:nccl"  # NCCL for the CUDA tensors; gloo should a resumed run keep a CPU device
     else:

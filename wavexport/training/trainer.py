@@ -409,7 +409,8 @@ class Trainer:
             if self._stop:  # second Ctrl-C: stop now
                 raise KeyboardInterrupt
             self._stop = True
-            tqdm.write("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+            if self.world.is_main:
+                tqdm.write("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
 
         try:
             signal.signal(signal.SIGINT, on_sigint)
