@@ -342,6 +342,23 @@ def test_kernel_module_only_for_float32_cuda_tensors(monkeypatch):
     assert recurrence._kernel_module(types.SimpleNamespace(is_cuda=True, dtype=torch.float64)) is None
 
 
+def test_cuda_routes_to_kernels_plain_loop_or_cudnn(monkeypatch):
+    """On CUDA the fast path is taken only through the Triton kernels (ReLU, float32); otherwise the Wave-RNN runs the
+    plain loop and the iRNN cuDNN (measured faster on a GPU than the torch-op recurrence: docs/PERFORMANCE.md)."""
+    monkeypatch.delenv("WAVEXPORT_TRITON", raising=False)
+    cpu = torch.zeros(1)
+    assert recurrence.wave_fast(cpu, "tanh") and recurrence.wave_fast(cpu, "relu") and recurrence.irnn_fast(cpu)
+    cuda = types.SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=torch.float32)
+    assert not recurrence.irnn_fast(cuda)
+    monkeypatch.setattr(triton_rnn, "available", lambda x: True)
+    assert recurrence.wave_fast(cuda, "relu") and not recurrence.wave_fast(cuda, "tanh")
+    monkeypatch.setenv("WAVEXPORT_TRITON", "0")
+    assert not recurrence.wave_fast(cuda, "relu")
+    monkeypatch.delenv("WAVEXPORT_TRITON")
+    monkeypatch.setattr(triton_rnn, "available", lambda x: False)
+    assert not recurrence.wave_fast(cuda, "relu")
+
+
 @pytest.mark.slow
 def test_train_speed_benchmark_runs(capsys):
     """benchmarks/train_speed.py end to end on its smallest preset, memory subprocesses included."""
