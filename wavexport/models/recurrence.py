@@ -267,8 +267,8 @@ class _WaveSequence(torch.autograd.Function):
 
 
 def kernels_allowed() -> bool:
-    """False when the environment sets WAVEXPORT_TRITON=0: CUDA then runs the torch-op recurrence (a way around a
-    Triton that misbehaves on some GPU, and the benchmark's middle column)."""
+    """False when the environment sets WAVEXPORT_TRITON=0: CUDA then runs the plain loop (a way around a Triton that
+    misbehaves on some GPU)."""
     return os.environ.get("WAVEXPORT_TRITON", "1").strip() != "0"
 
 
