@@ -223,9 +223,11 @@ def _ablation_md(exp: Experiment, table: dict) -> list[str]:
     lines = [head, "|---|---|---|---|"]
     for row in table["rows"]:
         ca, cb = row["archs"][a], row["archs"][b]
+        # the footnote's mark on the cell that has one seed (at cpu scale the identity wRNN's adding row)
+        ma, mb = ((" ¹" if row["single_seed"] and len(c["runs"]) == 1 else "") for c in (ca, cb))
         if row["label"].startswith("adding"):
-            lines.append(f"| {row['label']} | iterations to MSE ≤ 0.05 | {_solve_text(ca, 'iterations')} | "
-                         f"{_solve_text(cb, 'iterations')} |")
+            lines.append(f"| {row['label']} | iterations to MSE ≤ 0.05 | {_solve_text(ca, 'iterations')}{ma} | "
+                         f"{_solve_text(cb, 'iterations')}{mb} |")
         else:
             lines.append(f"| {row['label']} | final loss | {fmt_stat(ca['final_loss'], 'sci')} | "
                          f"{fmt_stat(cb['final_loss'], 'sci')} |")
@@ -260,7 +262,8 @@ def render_markdown(exp: Experiment, table: dict, scale: str, command: str, figu
     out += body(exp, table)
     out.append("")
     if any(r["single_seed"] for r in table["rows"]):
-        out.append("¹ one seed: at the cpu scale each run of this row takes more than ~15 minutes on 2 cores.")
+        out.append(f"¹ one seed: at the cpu scale each run of this {'cell' if exp.kind == 'ablation' else 'row'} "
+                   "takes more than ~15 minutes on 2 cores.")
     if exp.kind == "solve" and len(exp.archs) == 2:
         ratios = []
         for row in table["rows"]:
