@@ -12,7 +12,9 @@
 #      step 3's measured epoch time, the LR divided by 10 at 80 % of them, as the paper does at 100 of 120), stopped
 #      with SIGINT (the run saves and can be resumed), the run directory tarred       -> $OUT/train.log, psmnist-run.tgz
 #      meanwhile the whole test suite runs with CUDA visible (3 workers)                  -> $OUT/suite.txt
-# If step 2 fails, step 4 trains with WAVEXPORT_TRITON=0 (the plain loop on CUDA).
+# If step 2 fails, step 4 trains with WAVEXPORT_TRITON=0 (the plain loop on CUDA). With RESUME_FROM=RUN_DIR (a run
+# directory in the repository, e.g. results/psmnist/run-wrnn-h200) step 4 resumes that run for the fitted number of
+# epochs more instead of starting one.
 set -u
 BUDGET=${1:-540}
 T0=$(date +%s)
@@ -80,9 +82,18 @@ print(epochs, milestone, f"{it:.4f}")
 EOF
 )
 read -r EPOCHS MILESTONE ITER <<< "$PLAN"
-stamp "   plan: $EPOCHS epochs, LR/10 at $MILESTONE, measured $ITER s/iteration"
-timeout -s INT -k 30 $(( $(left) - 35 )) $PY -m wavexport train psmnist --arch wrnn --device cuda \
-  --epochs "$EPOCHS" --lr-milestones "$MILESTONE" --data-dir "$DATA" --out "$RUN" -q > "$OUT/train.log" 2>&1
+if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM/checkpoint.pt" ]; then
+  # Continue a run (e.g. results/psmnist/run-wrnn-h200, the 2026-11-26 run) for EPOCHS more epochs on its own schedule.
+  rm -rf "$RUN" && cp -r "$RESUME_FROM" "$RUN"
+  DONE=$($PY -c "import json,sys; print(max(json.loads(l).get('epoch', 0) for l in open(sys.argv[1])))" "$RUN/metrics.jsonl")
+  stamp "   plan: resume $RESUME_FROM from epoch $DONE for $EPOCHS more, measured $ITER s/iteration"
+  TRAIN_ARGS=(--resume --epochs $((DONE + EPOCHS)) --steps $(((DONE + EPOCHS) * 446)))  # lift a --steps cap it had
+else
+  stamp "   plan: $EPOCHS epochs, LR/10 at $MILESTONE, measured $ITER s/iteration"
+  TRAIN_ARGS=(--arch wrnn --epochs "$EPOCHS" --lr-milestones "$MILESTONE")
+fi
+timeout -s INT -k 30 $(( $(left) - 35 )) $PY -m wavexport train psmnist "${TRAIN_ARGS[@]}" --device cuda \
+  --data-dir "$DATA" --out "$RUN" -q > "$OUT/train.log" 2>&1
 stamp "   training exit $?"
 tail -n 3 "$RUN/metrics.jsonl" >> "$OUT/train.log" 2>/dev/null
 tar czf "$OUT/psmnist-run.tgz" -C "$(dirname "$RUN")" "$(basename "$RUN")" 2>> "$OUT/steps.txt"
