@@ -1,7 +1,7 @@
 """Training speed of the paper's models: the plain per-step loop against the fast recurrence, side by side.
 
     python benchmarks/train_speed.py [--presets NAME,...] [--reps 3] [--threads 1] [--devices cpu,cuda]
-                                     [--memory/--no-memory] [--json]
+                                     [--memory/--no-memory] [--json] [--profile TOP]
 
 One training iteration = forward + backward + Adam step at batch 128 on random inputs of the task's shape (the speed
 does not depend on the values). For every preset and device the two implementations alternate in one process
@@ -162,6 +162,27 @@ def time_preset(name: str, device: torch.device, reps: int) -> dict:
     return out
 
 
+def profile_preset(name: str, device: torch.device, top: int) -> str:
+    """torch.profiler's table of one iteration of what ``model(xs)`` runs (after a warm-up iteration), its ``top``
+    costliest operators by self time on the device (CUDA kernels on a GPU): where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, step = make_iteration(name, device)
+    step()
+    _sync(device)
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        step()
+        _sync(device)
+    events = prof.key_averages()
+    for key in (("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)):
+        try:
+            return events.table(sort_by=key, row_limit=top)
+        except (AttributeError, KeyError, ValueError):  # the key's name differs between torch releases
+            continue
+    return events.table(row_limit=top)
+
+
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -218,6 +239,9 @@ def main(argv=None) -> int:
                     help="peak memory of a psMNIST wRNN iteration, old vs new, in subprocesses")
     ap.add_argument("--memory-preset", default="psmnist-wrnn", choices=list(PRESETS))
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    ap.add_argument("--profile", type=int, default=0, metavar="TOP",
+                    help="also profile one iteration of the new implementation per preset: its TOP costliest "
+                         "operators, to stderr and into each result's 'profile' in the JSON")
     ap.add_argument("--memory-child", choices=["old", "new"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -238,6 +262,9 @@ def main(argv=None) -> int:
             results.append(r)
             print(f"{name} {dev.type}: " + ", ".join(f"{m} {r[m]['wall_s']:.4f} s" for m in modes_for(dev)),
                   file=sys.stderr, flush=True)
+            if args.profile > 0:
+                r["profile"] = profile_preset(name, dev, args.profile)
+                print(r["profile"], file=sys.stderr, flush=True)
         # The peak again at the end (on a shared machine it drifts): the better of the two.
         peak = report["peak_gflops"][dev.type] = max(peak, gemm_peak(dev))
         for r in results:

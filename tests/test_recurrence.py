@@ -371,9 +371,10 @@ def test_train_speed_benchmark_runs(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main(["--presets", "copy80-wrnn", "--reps", "1", "--memory-preset", "copy80-wrnn",
-                       "--devices", "cpu", "--json"]) == 0
+                       "--devices", "cpu", "--json", "--profile", "5"]) == 0
     report = json.loads(capsys.readouterr().out)
     (r,) = report["results"]
+    assert "Self CPU" in r["profile"] and "_WaveSequence" in r["profile"]
     assert r["preset"] == "copy80-wrnn" and r["old"]["wall_s"] > 0 and r["new"]["wall_s"] > 0
     assert 0 < r["new"]["fraction_of_peak"] < 1.5 and report["peak_gflops"]["cpu"] > 0
     assert report["memory"]["new"]["peak_rss_mb"] > 0 and report["memory"]["old"]["iteration_mb"] > 0

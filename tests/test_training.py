@@ -98,6 +98,36 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, kind,
     assert read_log(tmp_path / "a") == read_log(tmp_path / "b")
 
 
+def test_resume_may_move_an_lr_drop_still_ahead_but_not_one_passed(tmp_path):
+    """A run planned with its LR drop at step 20, resumed at step 7 with the drop moved to 9, ends with exactly the
+    weights of a run planned with the drop at 9 from the start; moving a drop already passed is refused."""
+    def cfg(milestones):
+        return make_config("copy", "wrnn", "quick", seq=5, channels=3, ring=12, batch_size=16, steps=12,
+                           eval_every=5, eval_batch=32, lr_milestones=milestones)
+    Trainer(cfg([9]), tmp_path / "a", quiet=True).run()
+    res = Trainer(cfg([20]), tmp_path / "b", quiet=True, on_step=_stopper(7)).run()
+    assert res["interrupted"] and res["step"] == 7
+    resumed = Trainer(cfg([9]), tmp_path / "b", resume=True, quiet=True, resume_overrides={"lr_milestones": [9]})
+    resumed.run()
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt").train_config.lr_milestones == [9]
+    run = tmp_path / "c"
+    assert cli("train", *TINY_COPY, "--steps", "6", "--eval-every", "3", "--lr-milestones", "20", "--out", run,
+               "-q").exit_code == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    assert_one_line_error(cli("train", *TINY_COPY, "--steps", "9", "--lr-milestones", "4", "--out", run, "--resume",
+                              "-q"), "still ahead",
+                          "error: --resume: --lr-milestones may only move the drops still ahead (the run is at 6, "
+                          "its milestones are [20]), got [4]")
+    assert (run / "checkpoint.pt").read_bytes() == before
+    r = cli("train", *TINY_COPY, "--steps", "9", "--lr-milestones", "8", "--out", run, "--resume", "-q")
+    assert r.exit_code == 0, r.output
+    lr = [rec["lr"] for rec in read_log(run) if "lr" in rec]
+    assert lr[-1] < lr[0]
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     run = tmp_path / "run"

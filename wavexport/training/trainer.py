@@ -14,6 +14,8 @@ evaluates and writes the run directory. The checkpoint does not depend on the nu
 """
 from __future__ import annotations
 
+import collections
+
 import json
 import math
 import os
@@ -199,6 +201,7 @@ class Trainer:
             self.splits = {k: Split(v.x.to(self.device), v.y.to(self.device)) for k, v in self.splits.items()}
         if resumed:
             self._restore(resumed)
+            self._move_milestones(resumed.train_config.lr_milestones)
         self.ddp = self.model  # what a training step calls: the model, or its DDP wrapper in a distributed run
         if self.world.active:
             # DDP broadcasts rank 0's weights at construction; all ranks built or resumed the same ones anyway.
@@ -206,7 +209,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # --- config / checkpoint -------------------------------------------------------------------------------------
-    RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every", "stop_when_solved")
+    # lr_milestones too, but only those still ahead (checked in ``_move_milestones``: the past is not rewritten).
+    RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every", "stop_when_solved",
+                         "lr_milestones")
 
     @staticmethod
     def _merge_resume(cli: TrainConfig, saved: TrainConfig, overrides: dict) -> TrainConfig:
@@ -248,6 +253,19 @@ class Trainer:
         if self.world.is_main and log.exists():
             lines = log.read_text().splitlines(keepends=True)[: self.progress["log_lines"]]
             atomic_write(log, lambda tmp: Path(tmp).write_text("".join(lines)))
+
+    def _move_milestones(self, saved: list[int]) -> None:
+        """Let a resumed run move the LR drops it has not reached yet (to fit a longer or shorter run than
+        planned); those already passed must stay as they were, so the run's history stays one schedule."""
+        new = list(self.cfg.lr_milestones or [])
+        if new == list(saved or []):
+            return
+        check_milestones(new)
+        done = self.sched.last_epoch  # epochs (image tasks) or steps the schedule has counted
+        if [m for m in new if m <= done] != [m for m in saved or [] if m <= done]:
+            raise TrainingError(f"--resume: --lr-milestones may only move the drops still ahead (the run is at "
+                                f"{done}, its milestones are {list(saved)}), got {new}")
+        self.sched.milestones = collections.Counter(new)
 
     def save(self) -> None:
         self._tick()
