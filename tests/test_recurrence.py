@@ -309,21 +309,57 @@ def test_small_products_run_on_one_thread(monkeypatch):
 
 
 # --- the CUDA dispatch: the Triton kernels' glue, run on the CPU with the kernels' torch reference --------------
-def fake_kernels():
-    return types.SimpleNamespace(
-        wrnn_sequence_forward=lambda U, h0, W, bias: triton_rnn.reference_forward(U, h0, W, bias),
-        wrnn_sequence_backward=triton_rnn.reference_backward,
-        conv_param_grads=triton_rnn.conv_param_grads)
+def fake_kernels(calls=None):
+    """triton_rnn's launchers as the glue calls them, computed by its torch reference (float64, any device)."""
+    def forward(x, h0, W, bias, encoder, keep_all=True):
+        U = torch.nn.functional.linear(x, *encoder).view(*x.shape[:2], *h0.shape[1:])
+        H = triton_rnn.reference_forward(U, h0, W, bias)
+        return H if keep_all else H[:, -1]
+
+    def backward(G, H, h0, W, g_last=None, weight_grads=False):
+        if calls is not None:
+            calls.append((G is not None, g_last is not None))
+        full = torch.zeros_like(H) if G is None else G.clone()
+        if g_last is not None:
+            full[:, -1] += g_last
+        dU, dh0 = triton_rnn.reference_backward(full, H, h0, W)
+        dW, _ = triton_rnn.conv_param_grads(dU, H, h0, W.shape[-1])
+        return dU, dh0, dW, dU.sum((0, 1))
+
+    return types.SimpleNamespace(wrnn_sequence_forward=forward, wrnn_sequence_backward=backward)
 
 
 @pytest.mark.parametrize("last_only", [True, False], ids=["last", "every"])
 def test_kernel_path_gradients_equal_the_plain_loop(monkeypatch, last_only):
-    monkeypatch.setattr(recurrence, "_kernel_module", lambda x: fake_kernels())
+    calls = []
+    monkeypatch.setattr(recurrence, "_kernel_module", lambda x: fake_kernels(calls))
     m = wave(rec_init="random", readout="mlp")
     xs = torch.randn(2, 60, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.rand(2, 3, 7, dtype=torch.float64, requires_grad=True)
     fast, plain = both(m, xs, h0, last_only=last_only)
     assert max(rel_errors(fast, plain).values()) < 1e-10
+    # (G of every state?, gradient of the final state?): the loss reads the final state, and reads every state only
+    # without last_only; reading only the final state builds no [B, T, C, N] gradient for the others.
+    assert calls == [(not last_only, True)]
+
+
+def test_kernel_path_without_gradients_keeps_two_states(monkeypatch):
+    """Evaluation (no gradient, last state only) asks the kernels for the final state, not every state."""
+    asked = []
+    fake = fake_kernels()
+    forward = fake.wrnn_sequence_forward
+    fake.wrnn_sequence_forward = lambda *a, keep_all=True, **k: asked.append(keep_all) or forward(*a, keep_all=keep_all,
+                                                                                                   **k)
+    monkeypatch.setattr(recurrence, "_kernel_module", lambda x: fake)
+    m = wave(rec_init="random")
+    xs = torch.randn(2, 9, 3, dtype=torch.float64)
+    with torch.no_grad():
+        got, _ = m(xs, last_only=True)
+        with recurrence.plain_recurrence():
+            want, _ = m(xs, last_only=True)
+        every = m.states(xs)
+    assert asked == [False, True] and every.shape == (2, 9, 3, 7)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_kernel_module_only_for_float32_cuda_tensors(monkeypatch):

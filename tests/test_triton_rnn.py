@@ -114,6 +114,105 @@ def test_gradients_match_autograd(C, use_dot):
 
 
 @needs_triton
+@pytest.mark.parametrize("D,C,N,strided", [(1, 16, 12, False), (3, 3, 8, True), (2, 16, 100, True)],
+                         ids=["D1-dot", "D3-loop-strided", "D2-N100-strided"])
+def test_fused_encoder_forward(D, C, N, strided):
+    """With ``encoder=(weight, bias)`` the kernel computes u_t = x_t weight^T + bias itself: the same states as the
+    kernel fed U = linear(x), every state or (keep_all=False, two rows of scratch) the final one."""
+    B, T = 2, 7
+    _, h0, W, bias, _ = _case(B, T, C, N, 3, seed=6)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(T, B, D, generator=g).to(DEVICE)
+    x = x.transpose(0, 1) if strided else x.transpose(0, 1).contiguous()
+    enc_w = torch.randn(C * N, D, generator=g).to(DEVICE)
+    enc_b = torch.randn(C * N, generator=g).to(DEVICE)
+    U = torch.nn.functional.linear(x, enc_w, enc_b).view(B, T, C, N)
+    want = tr.wrnn_sequence_forward(U, h0, W, bias)
+    _close(tr.wrnn_sequence_forward(x, h0, W, bias, encoder=(enc_w, enc_b)), want)
+    for t in (T, 1, 2):  # the ring of two rows ends in row (T-1) % 2
+        last = tr.wrnn_sequence_forward(x[:, :t], h0, W, bias, encoder=(enc_w, enc_b), keep_all=False)
+        _close(last, tr.wrnn_sequence_forward(U[:, :t], h0, W, bias)[:, -1])
+    no_bias = tr.wrnn_sequence_forward(x, h0, W, bias, encoder=(enc_w, None))
+    _close(no_bias, tr.wrnn_sequence_forward(U - enc_b.view(C, N), h0, W, bias))
+    with pytest.raises(ValueError, match="encoder weight"):
+        tr.wrnn_sequence_forward(x, h0, W, bias, encoder=(enc_w[1:], enc_b))
+
+
+# (C, N, k, use_dot, block_n, fused?): the weight gradients accumulated in the kernel (tl.dot shapes, one chunk,
+# k <= 5) and by conv_param_grads otherwise (the loop path, a chunked ring, k = 7).
+GRAD_CASES = [
+    pytest.param(16, 12, 3, None, None, True, id="C16-N12-k3-fused"),
+    pytest.param(16, 20, 5, None, None, True, id="C16-N20-k5-fused"),
+    pytest.param(20, 9, 1, None, None, True, id="C20-N9-k1-fused"),
+    pytest.param(6, 12, 3, None, None, False, id="C6-loop"),
+    pytest.param(16, 40, 3, None, 16, False, id="C16-chunked"),
+    pytest.param(16, 9, 7, None, None, False, id="C16-k7"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("C,N,k,use_dot,block_n,fused", GRAD_CASES)
+@pytest.mark.parametrize("grads", ["every", "last", "both"])
+def test_backward_weight_grads_match_autograd(C, N, k, use_dot, block_n, fused, grads):
+    """dU, dh0, dW and ds (the sum of d_t) from the backward equal autograd through the float64 reference loop for
+    the loss sum(G * H) + sum(g_last * h_T), with G, g_last or both given (None for the other)."""
+    B, T = 2, 6
+    U, h0, W, bias, G = _case(B, T, C, N, k, seed=8)
+    g_last = 0.5 * torch.randn(B, C, N, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    G_in = None if grads == "last" else G
+    gl_in = None if grads == "every" else g_last
+    assert tr.fused_weight_grads(C, N, k, use_dot, block_n) == fused
+    leaves = [x.double().requires_grad_() for x in (U, h0, W, bias)]
+    H64 = tr.reference_forward(*leaves)
+    loss = 0.0
+    if G_in is not None:
+        loss = loss + (H64 * G.double()).sum()
+    if gl_in is not None:
+        loss = loss + (H64[:, -1] * g_last.double()).sum()
+    loss.backward()
+    gU, gh0, gW, gb = (x.grad for x in leaves)
+
+    H = tr.wrnn_sequence_forward(U, h0, W, bias, use_dot=use_dot, block_n=block_n)
+    dU, dh0, dW, ds = tr.wrnn_sequence_backward(G_in, H, h0, W, g_last=gl_in, weight_grads=True, use_dot=use_dot,
+                                                block_n=block_n)
+    assert dW.shape == (C, C, k) and ds.shape == (C, N)
+    for got, want in ((dU, gU), (dh0, gh0), (dW, gW), (ds, gU.sum((0, 1))), (ds.sum(1), gb)):
+        _close(got, want)
+    dU2, dh02 = tr.wrnn_sequence_backward(G_in, H, h0, W, g_last=gl_in, use_dot=use_dot, block_n=block_n)
+    assert torch.equal(dU2, dU) and torch.equal(dh02, dh0)
+
+
+@needs_triton
+@pytest.mark.parametrize("C,last_only", [(16, True), (16, False), (3, True)], ids=["dot-last", "dot-every", "loop"])
+def test_model_gradients_through_the_kernels(monkeypatch, C, last_only):
+    """The model's training path with the real kernels (float32; in the interpreter without CUDA): outputs and every
+    gradient, the inputs' and the initial state's included, agree with the plain loop within 1e-5."""
+    from wavexport.models import recurrence
+
+    monkeypatch.setattr(recurrence, "_kernel_module", lambda x: tr)
+    torch.manual_seed(10)
+    model = WaveRNN(n_in=2, n_out=3, channels=C, ring=12, kernel=3, rec_init="shift").to(DEVICE)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    xs = torch.randn(2, 9, 2, device=DEVICE, requires_grad=True)
+    h0 = torch.rand(2, C, 12, device=DEVICE, requires_grad=True)
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        xs.grad = h0.grad = None
+        ys, (h,) = model(xs, (h0,), last_only=last_only)
+        (ys.sin().sum() + (h * h).sum()).backward()
+        return [ys.detach(), h.detach(), xs.grad, h0.grad] + [p.grad for p in model.parameters()]
+
+    fast = grads()
+    with recurrence.plain_recurrence():
+        plain = grads()
+    for got, want in zip(fast, plain):
+        _close(got, want)
+
+
+@needs_triton
 def test_relu_gradient_at_zero_is_blocked():
     """torch's convention: a unit whose output is exactly 0 passes no gradient (mask H > 0, not pre >= 0)."""
     B, T, C, N, k = 1, 3, 3, 8, 3
@@ -220,8 +319,15 @@ def test_kernels_compile_for_sm90(monkeypatch, C, N, use_dot):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 is its current default
     use_dot, c_pad, n_pad, block_n = tr._config(C, N, use_dot, None)
-    consts = dict(C=C, N=N, K=3, C_PAD=c_pad, N_PAD=n_pad, BLOCK_N=block_n, USE_DOT=use_dot, PRECISION="ieee")
-    for kernel in tr._kernels(False):
+    base = dict(C=C, N=N, K=3, C_PAD=c_pad, N_PAD=n_pad, BLOCK_N=block_n, USE_DOT=use_dot,
+                PRECISION=tr.DEFAULT_PRECISION if use_dot else "ieee")
+    fused = tr.fused_weight_grads(C, N, 3)
+    fwd, bwd = tr._kernels(False)
+    variants = [(fwd, dict(ENCODE=True, ALL=True)), (fwd, dict(ENCODE=False, ALL=False)),
+                (bwd, dict(HAS_G=True, HAS_GL=False, GRADS=False)), (bwd, dict(HAS_G=False, HAS_GL=True, GRADS=fused))]
+    for kernel, flags in variants:
+        consts = {**base, **flags}
+        assert set(consts) == {p.name for p in kernel.params if p.is_constexpr}
         sig = {a: "constexpr" if a in consts else "*fp32" if a.endswith("_ptr") else "i32" for a in kernel.arg_names}
         compiled = aot_compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
                                options={"num_warps": tr._warps(None, c_pad, block_n), "num_stages": 1})
@@ -287,8 +393,8 @@ def test_kernel_tune_benchmark_runs(capsys):
     assert bench.main(["--shape", "tiny", "--batch", "2", "--reps", "1", "--quick", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["shape"] == {"B": 2, "T": 4, "C": 16, "N": 16, "k": 3}
-    assert len(report["choices"]) == 3 and report["conv_param_grads_ms"] > 0
+    assert len(report["choices"]) == 4 and report["conv_param_grads_ms"] > 0 and report["fused_weight_grads"]
     for row in report["choices"]:
         assert "error" not in row, row
-        assert row["fwd_ms"] > 0 and row["bwd_ms"] > 0
-        assert row["fwd_rel_err"] < 1e-5 and row["bwd_rel_err"] < 1e-5
+        assert min(row[k] for k in ("fwd_ms", "fwd_enc_ms", "bwd_ms", "bwd_grads_ms")) > 0
+        assert max(row[k] for k in ("fwd_rel_err", "fwd_enc_rel_err", "bwd_rel_err", "dw_rel_err")) < 1e-5

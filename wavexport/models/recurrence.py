@@ -299,23 +299,39 @@ def _kernel_module(x: torch.Tensor):
 
 
 class _WaveKernelSequence(torch.autograd.Function):
-    """The ReLU Wave-RNN recurrence through the fused kernels of ``triton_rnn``: U [B, T, C, N] (the encoded input),
-    h0, W, bias -> every state H [B, T, C, N]. The kernels give dU and dh0; dW and dbias are products over all
-    timesteps (``triton_rnn.conv_param_grads``). The encoder stays outside, under ordinary autograd."""
+    """The ReLU Wave-RNN through the fused kernels of ``triton_rnn``, its encoder fused in: xs [B, T, n_in], h0,
+    enc_w, enc_b, W, bias -> (final state [B, C, N], every state [B, T, C, N] with ``keep_all``, else empty).
+
+    The forward kernel encodes each input row itself (no [B, T, C, N] tensor of encoded inputs) and, with no gradient
+    wanted and no states asked for, keeps two state rows instead of T. The backward kernel gives dU (= every d_t),
+    dh0, and, for the paper's shapes, dW and the per-unit sum of d_t (the biases' gradients) accumulated in its time
+    loop; the encoder weight's gradient is one product dU^T xs. A model that reads only the final state sends only
+    its gradient: no sequence-sized zero gradient is built for the states it never read."""
 
     @staticmethod
-    def forward(ctx, U, h0, W, bias, kernels):
-        H = kernels.wrnn_sequence_forward(U, h0, W, bias)
-        ctx.save_for_backward(H, h0, W)
-        ctx.kernels = kernels
-        return H
+    def forward(ctx, xs, h0, enc_w, enc_b, W, bias, keep_all: bool, store: bool, kernels):
+        if not (store or keep_all):
+            last = kernels.wrnn_sequence_forward(xs, h0, W, bias, encoder=(enc_w, enc_b), keep_all=False)
+            return last, xs.new_empty(0)
+        H = kernels.wrnn_sequence_forward(xs, h0, W, bias, encoder=(enc_w, enc_b))
+        if store:
+            ctx.save_for_backward(xs, h0, enc_w, W, H)
+            ctx.kernels = kernels
+            ctx.set_materialize_grads(False)
+        return H[:, -1].clone(), (H if keep_all else xs.new_empty(0))
 
     @staticmethod
-    def backward(ctx, G):
-        H, h0, W = ctx.saved_tensors
-        dU, dh0 = ctx.kernels.wrnn_sequence_backward(G, H, h0, W)
-        dW, db = ctx.kernels.conv_param_grads(dU, H, h0, W.shape[-1])
-        return dU, dh0, dW, db, None
+    def backward(ctx, g_last, g_all):
+        xs, h0, enc_w, W, H = ctx.saved_tensors
+        B, T, n_in = xs.shape
+        C, N = H.shape[2], H.shape[3]
+        if g_all is not None and g_all.numel() == 0:
+            g_all = None
+        dU, dh0, dW, ds = ctx.kernels.wrnn_sequence_backward(g_all, H, h0, W, g_last=g_last, weight_grads=True)
+        flat = dU.view(B * T, C * N)
+        d_enc_w = flat.t() @ xs.reshape(B * T, n_in) if ctx.needs_input_grad[2] else None
+        dx = (flat @ enc_w).view(B, T, n_in) if ctx.needs_input_grad[0] else None
+        return dx, dh0, d_enc_w, ds.reshape(C * N), dW, ds.sum(1), None, None, None
 
 
 def wave_sequence(xs: torch.Tensor, h0: torch.Tensor, enc_w: torch.Tensor, enc_b: torch.Tensor, W: torch.Tensor,
@@ -324,9 +340,8 @@ def wave_sequence(xs: torch.Tensor, h0: torch.Tensor, enc_w: torch.Tensor, enc_b
     store = grad_needed(xs, h0, enc_w, enc_b, W, bias)
     kernels = _kernel_module(xs) if activation == "relu" else None
     if kernels is not None:
-        U = torch.nn.functional.linear(xs, enc_w, enc_b).view(*xs.shape[:2], *h0.shape[1:])
-        H = _WaveKernelSequence.apply(U, h0, W, bias, kernels)
-        return H[:, -1], H
+        last, every = _WaveKernelSequence.apply(xs, h0, enc_w, enc_b, W, bias, keep_all, store, kernels)
+        return last, (every if keep_all else None)
     last, every = _WaveSequence.apply(xs, h0, enc_w, enc_b, W, bias, activation, keep_all, store or keep_all)
     return last, (every if keep_all else None)
 

@@ -72,6 +72,7 @@ __all__ = [
     "available",
     "wrnn_sequence_forward",
     "wrnn_sequence_backward",
+    "fused_weight_grads",
     "conv_param_grads",
     "reference_forward",
     "reference_backward",
@@ -152,48 +153,95 @@ def _ring_conv(src_ptr, w_ptr, n0,
     return acc
 
 
-def _fwd_step(prev_ptr, u_ptr, s_uc, s_un, out_ptr, w_ptr, bias,
+def _fwd_step(prev_ptr, u_b, t, s_ut, s_uc, s_un, v_ptr, vb_ptr, D, out_ptr, w_ptr, bias,
               C: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
               C_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-              USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """out = relu(conv(prev) + bias + u) for one sample and one step, in chunks of BLOCK_N columns."""
+              USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ENCODE: tl.constexpr):
+    """out = relu(conv(prev) + bias + u_t) for one sample and step t, in chunks of BLOCK_N columns.  u_t is read
+    from U (``u_b`` + t * s_ut, strides s_uc, s_un), or with ENCODE computed from the input row x_t (``u_b``: x of
+    this sample, s_uc its feature stride, D features): u_t = vb + sum_d x_t[d] * V[:, d], the model's encoder."""
     offs_c = tl.arange(0, C_PAD)
     c_mask = offs_c < C
     for n0 in tl.static_range(0, N_PAD, BLOCK_N):
         acc = _ring_conv(prev_ptr, w_ptr, n0, C, N, K, 1, C_PAD, BLOCK_N, USE_DOT, PRECISION)
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask = c_mask[:, None] & (offs_n[None, :] < N)
-        u = tl.load(u_ptr + offs_c[:, None] * s_uc + offs_n[None, :] * s_un, mask=mask, other=0.0)
+        unit = offs_c[:, None] * N + offs_n[None, :]
+        if ENCODE:
+            u = tl.load(vb_ptr + unit, mask=mask, other=0.0)
+            for d in range(D):
+                xd = tl.load(u_b + t * s_ut + d * s_uc)
+                u += xd * tl.load(v_ptr + unit * D + d, mask=mask, other=0.0)
+        else:
+            u = tl.load(u_b + t * s_ut + offs_c[:, None] * s_uc + offs_n[None, :] * s_un, mask=mask, other=0.0)
         h = tl.maximum(acc + bias[:, None] + u, 0.0)
-        tl.store(out_ptr + offs_c[:, None] * N + offs_n[None, :], h, mask=mask)
+        tl.store(out_ptr + unit, h, mask=mask)
 
 
-def wrnn_fwd_kernel(u_ptr, h0_ptr, w_ptr, bias_ptr, h_ptr, T,
+def wrnn_fwd_kernel(u_ptr, v_ptr, vb_ptr, h0_ptr, w_ptr, bias_ptr, h_ptr, T, D,
                     s_ub, s_ut, s_uc, s_un,
                     C: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
                     C_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                    USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """One program = one batch sample, whole time loop.  h0 [B, C, N] and H [B, T, C, N] are contiguous; U is
-    strided.  The shifted operand of step t is re-read from H[b, t-1], written by this program at step t-1."""
+                    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ENCODE: tl.constexpr, ALL: tl.constexpr):
+    """One program = one batch sample, whole time loop.  h0 [B, C, N] and H are contiguous; U (or x) is strided.
+    ALL: H [B, T, C, N] receives every state; else H [B, 2, C, N] is a ring of two rows used in turn (no gradient
+    wanted: the final state ends in row (T-1) % 2).  The shifted operand of step t is re-read from the row this
+    program wrote at step t-1."""
     b = tl.program_id(0).to(tl.int64)
     offs_c = tl.arange(0, C_PAD)
     bias = tl.load(bias_ptr + offs_c, mask=offs_c < C, other=0.0)
     u_b = u_ptr + b * s_ub
-    h_b = h_ptr + b * T * (C * N)
-    # Step 1 reads h0; step t >= 2 reads H[b, t-2] (0-based rows).
-    _fwd_step(h0_ptr + b * (C * N), u_b, s_uc, s_un, h_b, w_ptr, bias,
-              C, N, K, C_PAD, N_PAD, BLOCK_N, USE_DOT, PRECISION)
+    if ALL:
+        h_b = h_ptr + b * T * (C * N)
+    else:
+        h_b = h_ptr + b * 2 * (C * N)
+    _fwd_step(h0_ptr + b * (C * N), u_b, 0, s_ut, s_uc, s_un, v_ptr, vb_ptr, D, h_b, w_ptr, bias,
+              C, N, K, C_PAD, N_PAD, BLOCK_N, USE_DOT, PRECISION, ENCODE)
     for t in range(1, T):
-        tl.debug_barrier()  # H[b, t-1] fully stored before any thread reads it shifted
-        _fwd_step(h_b + (t - 1) * (C * N), u_b + t * s_ut, s_uc, s_un, h_b + t * (C * N), w_ptr, bias,
-                  C, N, K, C_PAD, N_PAD, BLOCK_N, USE_DOT, PRECISION)
+        tl.debug_barrier()  # row t-1 fully stored (and, in the ring, row t's old state fully read) by every thread
+        if ALL:
+            prev = t - 1
+            cur = t
+        else:
+            prev = (t - 1) % 2
+            cur = t % 2
+        _fwd_step(h_b + prev * (C * N), u_b, t, s_ut, s_uc, s_un, v_ptr, vb_ptr, D, h_b + cur * (C * N), w_ptr,
+                  bias, C, N, K, C_PAD, N_PAD, BLOCK_N, USE_DOT, PRECISION, ENCODE)
 
 
-def _bwd_step(d_next_ptr, g_ptr, s_gc, s_gn, h_ptr, out_ptr, wt_ptr,
+def _shifted_t(src_ptr, n0, shift, C: tl.constexpr, N: tl.constexpr, C_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_N, C_PAD] tile x[n, i] = src[i, (n + shift) mod N]: a state, shifted and transposed (zero padded)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_i = tl.arange(0, C_PAD)
+    src_n = (offs_n + (shift + N)) % N
+    mask = (offs_n[:, None] < N) & (offs_i[None, :] < C)
+    return tl.load(src_ptr + offs_i[None, :] * N + src_n[:, None], mask=mask, other=0.0)
+
+
+def _weight_grads(d, prev_ptr, n0, dw0, dw1, dw2, dw3, dw4,
+                  C: tl.constexpr, N: tl.constexpr, K: tl.constexpr, C_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """dW[:, :, j] += d @ shifted(prev, j - K//2)^T for the taps j < K (K <= 5: one register tile per tap)."""
+    P: tl.constexpr = K // 2
+    dw0 = tl.dot(d, _shifted_t(prev_ptr, n0, 0 - P, C, N, C_PAD, BLOCK_N), acc=dw0, input_precision=PRECISION)
+    if K > 1:
+        dw1 = tl.dot(d, _shifted_t(prev_ptr, n0, 1 - P, C, N, C_PAD, BLOCK_N), acc=dw1, input_precision=PRECISION)
+    if K > 2:
+        dw2 = tl.dot(d, _shifted_t(prev_ptr, n0, 2 - P, C, N, C_PAD, BLOCK_N), acc=dw2, input_precision=PRECISION)
+    if K > 3:
+        dw3 = tl.dot(d, _shifted_t(prev_ptr, n0, 3 - P, C, N, C_PAD, BLOCK_N), acc=dw3, input_precision=PRECISION)
+    if K > 4:
+        dw4 = tl.dot(d, _shifted_t(prev_ptr, n0, 4 - P, C, N, C_PAD, BLOCK_N), acc=dw4, input_precision=PRECISION)
+    return dw0, dw1, dw2, dw3, dw4
+
+
+def _bwd_step(d_next_ptr, g_ptr, s_gc, s_gn, h_ptr, prev_ptr, out_ptr, wt_ptr, ds, dw0, dw1, dw2, dw3, dw4,
               C: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
               C_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-              USE_DOT: tl.constexpr, PRECISION: tl.constexpr, HAS_G: tl.constexpr, HAS_MASK: tl.constexpr):
-    """out = (G + convT(d_next)) [* (H > 0)] for one sample and one step, in chunks of BLOCK_N columns."""
+              USE_DOT: tl.constexpr, PRECISION: tl.constexpr, HAS_G: tl.constexpr, HAS_MASK: tl.constexpr,
+              GRADS: tl.constexpr):
+    """out = (G + convT(d_next)) [* (H > 0)] for one sample and one step, in chunks of BLOCK_N columns; with GRADS
+    (one chunk only) also ds += out and dW += out x shifted(prev), prev being the state this step read."""
     offs_c = tl.arange(0, C_PAD)
     c_mask = offs_c < C
     for n0 in tl.static_range(0, N_PAD, BLOCK_N):
@@ -206,43 +254,94 @@ def _bwd_step(d_next_ptr, g_ptr, s_gc, s_gn, h_ptr, out_ptr, wt_ptr,
             h = tl.load(h_ptr + offs_c[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
             g = tl.where(h > 0.0, g, 0.0)
         tl.store(out_ptr + offs_c[:, None] * N + offs_n[None, :], g, mask=mask)
+        if GRADS:
+            ds += g
+            dw0, dw1, dw2, dw3, dw4 = _weight_grads(g, prev_ptr, n0, dw0, dw1, dw2, dw3, dw4,
+                                                    C, N, K, C_PAD, BLOCK_N, PRECISION)
+    return ds, dw0, dw1, dw2, dw3, dw4
 
 
-def wrnn_bwd_kernel(g_ptr, h_ptr, wt_ptr, du_ptr, dh0_ptr, T,
+def wrnn_bwd_kernel(g_ptr, gl_ptr, h_ptr, h0_ptr, wt_ptr, du_ptr, dh0_ptr, dw_ptr, ds_ptr, T,
                     s_gb, s_gt, s_gc, s_gn,
                     C: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
                     C_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                    USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """One program = one batch sample, reverse time loop.  H, dU [B, T, C, N] and dh0 [B, C, N] are contiguous;
-    G is strided.  wt is the transposed weight Wt[i, o, j] = W[o, i, j].  The shifted operand of each step is
-    re-read from dU[b, t+1], written by this program one step earlier."""
+                    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                    HAS_G: tl.constexpr, HAS_GL: tl.constexpr, GRADS: tl.constexpr):
+    """One program = one batch sample, reverse time loop.  H, dU [B, T, C, N], h0, dh0 [B, C, N] are contiguous;
+    G (the upstream gradient of every state, with HAS_G) is strided; gl [B, C, N] (HAS_GL) is the upstream gradient
+    of the final state.  wt is the transposed weight Wt[i, o, j] = W[o, i, j].  The shifted operand of each step is
+    re-read from dU[b, t+1], written by this program one step earlier.  GRADS (a tl.dot shape in one chunk, K <= 5)
+    also accumulates this sample's dW [C, C, K] and sum over steps of d_t [C, N], stored at the end to dw [B, C, C, K]
+    and ds [B, C, N]."""
     b = tl.program_id(0).to(tl.int64)
     offs_c = tl.arange(0, C_PAD)
     c_mask = offs_c < C
     g_b = g_ptr + b * s_gb
     h_b = h_ptr + b * T * (C * N)
+    h0_b = h0_ptr + b * (C * N)
     du_b = du_ptr + b * T * (C * N)
-    # Last step: d_T = G_T * (H_T > 0).
+    ds = tl.full([C_PAD, BLOCK_N], 0.0, tl.float32)
+    dw0 = tl.full([C_PAD, C_PAD], 0.0, tl.float32)
+    dw1 = tl.full([C_PAD, C_PAD], 0.0, tl.float32)
+    dw2 = tl.full([C_PAD, C_PAD], 0.0, tl.float32)
+    dw3 = tl.full([C_PAD, C_PAD], 0.0, tl.float32)
+    dw4 = tl.full([C_PAD, C_PAD], 0.0, tl.float32)
+    # Last step: d_T = (G_T + gl) * (H_T > 0); it read h_{T-1} (h0 when T = 1).
     last = (T - 1) * (C * N)
+    prev = h0_b
+    if T > 1:
+        prev = h_b + (T - 2) * (C * N)
     for n0 in tl.static_range(0, N_PAD, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask = c_mask[:, None] & (offs_n[None, :] < N)
-        g = tl.load(g_b + (T - 1) * s_gt + offs_c[:, None] * s_gc + offs_n[None, :] * s_gn, mask=mask, other=0.0)
-        h = tl.load(h_b + last + offs_c[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
-        tl.store(du_b + last + offs_c[:, None] * N + offs_n[None, :], tl.where(h > 0.0, g, 0.0), mask=mask)
-    # Rows s = T-2 .. 0: d_s = (G_s + convT(d_{s+1})) * (H_s > 0).
+        unit = offs_c[:, None] * N + offs_n[None, :]
+        g = tl.full([C_PAD, BLOCK_N], 0.0, tl.float32)
+        if HAS_G:
+            g += tl.load(g_b + (T - 1) * s_gt + offs_c[:, None] * s_gc + offs_n[None, :] * s_gn, mask=mask,
+                         other=0.0)
+        if HAS_GL:
+            g += tl.load(gl_ptr + b * (C * N) + unit, mask=mask, other=0.0)
+        h = tl.load(h_b + last + unit, mask=mask, other=0.0)
+        d = tl.where(h > 0.0, g, 0.0)
+        tl.store(du_b + last + unit, d, mask=mask)
+        if GRADS:
+            ds += d
+            dw0, dw1, dw2, dw3, dw4 = _weight_grads(d, prev, n0, dw0, dw1, dw2, dw3, dw4,
+                                                    C, N, K, C_PAD, BLOCK_N, PRECISION)
+    # Rows s = T-2 .. 0: d_s = (G_s + convT(d_{s+1})) * (H_s > 0); step s read h_{s-1} (h0 for s = 0).
     for r in range(1, T):
         s = T - 1 - r
+        prev = h0_b
+        if s > 0:
+            prev = h_b + (s - 1) * (C * N)
         tl.debug_barrier()  # dU[b, s+1] fully stored before any thread reads it shifted
-        _bwd_step(du_b + (s + 1) * (C * N), g_b + s * s_gt, s_gc, s_gn, h_b + s * (C * N), du_b + s * (C * N),
-                  wt_ptr, C, N, K, C_PAD, N_PAD, BLOCK_N, USE_DOT, PRECISION, True, True)
+        ds, dw0, dw1, dw2, dw3, dw4 = _bwd_step(
+            du_b + (s + 1) * (C * N), g_b + s * s_gt, s_gc, s_gn, h_b + s * (C * N), prev, du_b + s * (C * N),
+            wt_ptr, ds, dw0, dw1, dw2, dw3, dw4, C, N, K, C_PAD, N_PAD, BLOCK_N, USE_DOT, PRECISION, HAS_G, True,
+            GRADS)
     # dh0 = convT(d_1): no upstream gradient and no ReLU on h0.
     tl.debug_barrier()
-    _bwd_step(du_b, g_b, s_gc, s_gn, h_b, dh0_ptr + b * (C * N),
-              wt_ptr, C, N, K, C_PAD, N_PAD, BLOCK_N, USE_DOT, PRECISION, False, False)
+    _bwd_step(du_b, g_b, s_gc, s_gn, h_b, h0_b, dh0_ptr + b * (C * N), wt_ptr, ds, dw0, dw1, dw2, dw3, dw4,
+              C, N, K, C_PAD, N_PAD, BLOCK_N, USE_DOT, PRECISION, False, False, False)
+    if GRADS:
+        offs_n = tl.arange(0, BLOCK_N)
+        tl.store(ds_ptr + b * (C * N) + offs_c[:, None] * N + offs_n[None, :], ds,
+                 mask=c_mask[:, None] & (offs_n[None, :] < N))
+        offs_i = tl.arange(0, C_PAD)
+        w_mask = c_mask[:, None] & (offs_i[None, :] < C)
+        w_at = dw_ptr + b * (C * C * K) + offs_c[:, None] * (C * K) + offs_i[None, :] * K
+        tl.store(w_at, dw0, mask=w_mask)
+        if K > 1:
+            tl.store(w_at + 1, dw1, mask=w_mask)
+        if K > 2:
+            tl.store(w_at + 2, dw2, mask=w_mask)
+        if K > 3:
+            tl.store(w_at + 3, dw3, mask=w_mask)
+        if K > 4:
+            tl.store(w_at + 4, dw4, mask=w_mask)
 
 
-_KERNEL_FUNCTIONS = (_ring_conv, _fwd_step, _bwd_step, wrnn_fwd_kernel, wrnn_bwd_kernel)
+_KERNEL_FUNCTIONS = (_ring_conv, _fwd_step, wrnn_fwd_kernel, _shifted_t, _weight_grads, _bwd_step, wrnn_bwd_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,11 +384,17 @@ def _config(C: int, N: int, use_dot: bool | None, block_n: int | None):
 
 
 def _warps(num_warps: int | None, c_pad: int, block_n: int) -> int:
-    # 8 warps for the 4096-element tiles (psMNIST, C=27): 4 warps need ~150-250 registers a thread there (sm_90,
-    # ahead-of-time compile, no spills either way); a GPU session should time both.
+    # Measured on an H200 (2026-11-26, psMNIST C=16, N=256): 4 warps 20 % faster than 8 in both kernels.  8 stay for
+    # 4096-element tiles of 32 padded channels (adding, C=27), where 4 warps needed 214-253 registers a thread (sm_90,
+    # ahead-of-time compile): not yet timed on a GPU.
     if num_warps is None:
-        return 8 if c_pad * block_n >= _TILE_ELEMENTS else 4
+        return 8 if c_pad >= 32 and c_pad * block_n >= _TILE_ELEMENTS else 4
     return int(num_warps)
+
+
+# tl.dot's input precision by default: tf32x3 (three TF32 tensor-core products, the error of fp32: 2e-7 relative
+# against float64 on the H200 for psMNIST, as "ieee"), 36 % faster there than "ieee"; plain "tf32" would miss 1e-5.
+DEFAULT_PRECISION = "tf32x3"
 
 
 def _check_weight(W: torch.Tensor, C: int, N: int, ref: torch.Tensor) -> int:
@@ -305,9 +410,9 @@ def _check_weight(W: torch.Tensor, C: int, N: int, ref: torch.Tensor) -> int:
     return k
 
 
-def _check_seq(X: torch.Tensor, name: str) -> tuple[int, int, int, int]:
-    if X.dim() != 4:
-        raise ValueError(f"{name} must be [B, T, C, N], got {tuple(X.shape)}")
+def _check_seq(X: torch.Tensor, name: str, dims: int = 4) -> tuple[int, ...]:
+    if X.dim() != dims:
+        raise ValueError(f"{name} must be {'[B, T, C, N]' if dims == 4 else '[B, T, D]'}, got {tuple(X.shape)}")
     if X.dtype != torch.float32:
         raise TypeError(f"the Triton kernels are float32 only, got {name} {X.dtype}")
     if not available(X):
@@ -316,14 +421,22 @@ def _check_seq(X: torch.Tensor, name: str) -> tuple[int, int, int, int]:
     return tuple(X.shape)
 
 
-def _check_state(h0: torch.Tensor, B: int, C: int, N: int, ref: torch.Tensor) -> torch.Tensor:
+def _check_state(h0: torch.Tensor, B: int, C: int, N: int, ref: torch.Tensor, name: str = "h0") -> torch.Tensor:
     if tuple(h0.shape) != (B, C, N):
-        raise ValueError(f"h0 must be [B, C, N] = {(B, C, N)}, got {tuple(h0.shape)}")
+        raise ValueError(f"{name} must be [B, C, N] = {(B, C, N)}, got {tuple(h0.shape)}")
     if h0.dtype != torch.float32:
-        raise TypeError(f"the Triton kernels are float32 only, got h0 {h0.dtype}")
+        raise TypeError(f"the Triton kernels are float32 only, got {name} {h0.dtype}")
     if h0.device != ref.device:
-        raise ValueError(f"h0 is on {h0.device}, the sequence on {ref.device}")
+        raise ValueError(f"{name} is on {h0.device}, the sequence on {ref.device}")
     return h0.contiguous()
+
+
+def _check_vector(v: torch.Tensor | None, n: int, name: str, ref: torch.Tensor) -> torch.Tensor:
+    if v is None:
+        return torch.zeros(n, dtype=torch.float32, device=ref.device)
+    if tuple(v.shape) != (n,) or v.dtype != torch.float32 or v.device != ref.device:
+        raise ValueError(f"{name} must be float32 [{n}] on {ref.device}, got {v.dtype} {tuple(v.shape)} on {v.device}")
+    return v.contiguous()
 
 
 def _device_ctx(x: torch.Tensor):
@@ -332,60 +445,96 @@ def _device_ctx(x: torch.Tensor):
 
 
 def wrnn_sequence_forward(U: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, *,
+                          encoder: tuple[torch.Tensor, torch.Tensor | None] | None = None, keep_all: bool = True,
                           use_dot: bool | None = None, block_n: int | None = None, num_warps: int | None = None,
-                          input_precision: str = "ieee") -> torch.Tensor:
-    """Every state of the sequence, H [B, T, C, N] (contiguous), h_t = relu(conv(h_{t-1}) + bias + U_t).
+                          input_precision: str = DEFAULT_PRECISION) -> torch.Tensor:
+    """Every state of the sequence, H [B, T, C, N] (contiguous), h_t = relu(conv(h_{t-1}) + bias + u_t); with
+    ``keep_all=False`` only the final state [B, C, N] (two rows of scratch instead of T: no gradient wanted).
 
-    U [B, T, C, N] (any strides), h0 [B, C, N], W [C, C, k], bias [C] or None; all float32 on one device (CUDA, or
-    CPU under TRITON_INTERPRET=1).  Tuning knobs (defaults chosen by shape): ``use_dot`` (None: tl.dot for C >= 16),
-    ``block_n`` (columns per tile, a power of two >= 16), ``num_warps`` (None: 8 for 4096-element tiles, else 4),
-    ``input_precision`` (tl.dot's: "ieee" = true fp32; "tf32x3"/"tf32" use tensor cores, less exact)."""
-    B, T, C, N = _check_seq(U, "U")
+    u_t = U[:, t] for U [B, T, C, N] (any strides); with ``encoder=(weight [C*N, D], bias [C*N] or None)`` U is the
+    model's input x [B, T, D] (any strides) and u_t = x_t @ weight^T + bias is computed in the kernel (the encoder
+    fused: no [B, T, C, N] tensor of encoded inputs is written and read).  h0 [B, C, N], W [C, C, k], bias [C] or
+    None; all float32 on one device (CUDA, or CPU under TRITON_INTERPRET=1).  Tuning knobs (defaults chosen by
+    shape): ``use_dot`` (None: tl.dot for C >= 16), ``block_n`` (columns per tile, a power of two >= 16),
+    ``num_warps`` (see ``_warps``), ``input_precision`` (tl.dot's: "ieee" = fp32 FMAs; "tf32x3", the default, three
+    TF32 tensor-core products to fp32 accuracy; "tf32" one, less exact)."""
+    C, N = W.shape[0], h0.shape[-1]
+    if encoder is None:
+        B, T, C, N = _check_seq(U, "U")
+        D, v, vb, strides = 0, U, U, U.stride()
+    else:
+        B, T, D = _check_seq(U, "x", dims=3)
+        enc_w, enc_b = encoder
+        if tuple(enc_w.shape) != (C * N, D) or enc_w.dtype != torch.float32 or enc_w.device != U.device:
+            raise ValueError(f"the encoder weight must be float32 [C*N, D] = {(C * N, D)} on {U.device}, got "
+                             f"{enc_w.dtype} {tuple(enc_w.shape)} on {enc_w.device}")
+        v, vb, strides = enc_w.contiguous(), _check_vector(enc_b, C * N, "the encoder bias", U), (*U.stride(), 0)
     h0 = _check_state(h0, B, C, N, U)
     k = _check_weight(W, C, N, U)
-    if bias is None:
-        bias = torch.zeros(C, dtype=U.dtype, device=U.device)
-    if tuple(bias.shape) != (C,) or bias.dtype != torch.float32 or bias.device != U.device:
-        raise ValueError(f"bias must be float32 [C={C}] on {U.device}, got {bias.dtype} {tuple(bias.shape)} "
-                         f"on {bias.device}")
-    H = torch.empty((B, T, C, N), dtype=U.dtype, device=U.device)
+    bias = _check_vector(bias, C, "bias", U)
+    H = torch.empty((B, T if keep_all else 2, C, N), dtype=torch.float32, device=U.device)
     if T == 0 or B == 0:
-        return H
+        return H if keep_all else h0.clone()
     use_dot, c_pad, n_pad, block_n = _config(C, N, use_dot, block_n)
     fwd, _ = _kernels(_interpret_mode())
     with _device_ctx(U):
-        fwd[(B,)](U, h0, W.contiguous(), bias.contiguous(), H, T, *U.stride(),
+        fwd[(B,)](U, v, vb, h0, W.contiguous(), bias, H, T, D, *strides,
                   C=C, N=N, K=k, C_PAD=c_pad, N_PAD=n_pad, BLOCK_N=block_n, USE_DOT=use_dot,
-                  PRECISION=input_precision, num_warps=_warps(num_warps, c_pad, block_n), num_stages=1)
-    return H
+                  PRECISION=input_precision, ENCODE=encoder is not None, ALL=keep_all,
+                  num_warps=_warps(num_warps, c_pad, block_n), num_stages=1)
+    return H if keep_all else H[:, (T - 1) % 2].clone()
 
 
-def wrnn_sequence_backward(G: torch.Tensor, H: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, *,
+def fused_weight_grads(C: int, N: int, k: int, use_dot: bool | None = None, block_n: int | None = None) -> bool:
+    """Whether the backward kernel accumulates dW and sum_t d_t itself for this shape: tl.dot shapes (C >= 16), the
+    ring in one chunk, k <= 5 (a register tile per tap).  Otherwise ``conv_param_grads`` gets them from dU."""
+    use_dot, _, n_pad, block_n = _config(C, N, use_dot, block_n)
+    return use_dot and n_pad == block_n and k <= 5
+
+
+def wrnn_sequence_backward(G: torch.Tensor | None, H: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, *,
+                           g_last: torch.Tensor | None = None, weight_grads: bool = False,
                            use_dot: bool | None = None, block_n: int | None = None, num_warps: int | None = None,
-                           input_precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor]:
-    """(dU, dh0) for upstream gradients G [B, T, C, N] of every state H [B, T, C, N] (from the forward).
+                           input_precision: str = DEFAULT_PRECISION) -> tuple[torch.Tensor, ...]:
+    """(dU, dh0) for upstream gradients G [B, T, C, N] of every state H [B, T, C, N] (from the forward; None: none)
+    and ``g_last`` [B, C, N] of the final state (None: none; a model reading only the last state never builds G).
 
     d_t = g * (H_t > 0) (torch's ReLU backward), dU_t = d_t, g <- G_{t-1} + convT(d_t), dh0 = the final g.
-    dU [B, T, C, N] and dh0 [B, C, N] come back contiguous.  h0 is only checked (it enters dW, see
-    ``conv_param_grads``, not these two).  Tuning knobs as for ``wrnn_sequence_forward``."""
-    B, T, C, N = _check_seq(G, "G")
-    if tuple(H.shape) != (B, T, C, N) or H.dtype != G.dtype or H.device != G.device:
-        raise ValueError(f"H must match G {(B, T, C, N)} {G.dtype} on {G.device}, got {tuple(H.shape)} {H.dtype} "
-                         f"on {H.device}")
-    _check_state(h0, B, C, N, G)
-    k = _check_weight(W, C, N, G)
-    dU = torch.empty((B, T, C, N), dtype=G.dtype, device=G.device)
-    dh0 = torch.zeros((B, C, N), dtype=G.dtype, device=G.device)
+    dU [B, T, C, N] and dh0 [B, C, N] come back contiguous.  With ``weight_grads`` also (dW [C, C, k], ds [C, N]),
+    ds the sum of d_t over samples and steps (the gradient of a per-unit bias; a per-channel one is its sum over
+    the ring): accumulated inside the kernel where ``fused_weight_grads`` says so, else by ``conv_param_grads``.
+    Tuning knobs as for ``wrnn_sequence_forward``."""
+    B, T, C, N = _check_seq(H, "H")
+    if G is not None and (tuple(G.shape) != (B, T, C, N) or G.dtype != H.dtype or G.device != H.device):
+        raise ValueError(f"G must match H {(B, T, C, N)} {H.dtype} on {H.device}, got {tuple(G.shape)} {G.dtype} "
+                         f"on {G.device}")
+    h0 = _check_state(h0, B, C, N, H)
+    if g_last is not None:
+        g_last = _check_state(g_last, B, C, N, H, "g_last")
+    k = _check_weight(W, C, N, H)
+    dU = torch.empty((B, T, C, N), dtype=H.dtype, device=H.device)
+    dh0 = torch.zeros((B, C, N), dtype=H.dtype, device=H.device)
+    fused = weight_grads and fused_weight_grads(C, N, k, use_dot, block_n)
     if T == 0 or B == 0:
-        return dU, dh0
+        return (dU, dh0, H.new_zeros((C, C, k)), H.new_zeros((C, N))) if weight_grads else (dU, dh0)
     use_dot, c_pad, n_pad, block_n = _config(C, N, use_dot, block_n)
     _, bwd = _kernels(_interpret_mode())
     wt = W.transpose(0, 1).contiguous()  # Wt[i, o, j] = W[o, i, j]
-    with _device_ctx(G):
-        bwd[(B,)](G, H.contiguous(), wt, dU, dh0, T, *G.stride(),
+    H = H.contiguous()
+    dw = H.new_empty((B, C, C, k)) if fused else dh0
+    ds = H.new_empty((B, C, N)) if fused else dh0
+    with _device_ctx(H):
+        bwd[(B,)](H if G is None else G, H if g_last is None else g_last, H, h0, wt, dU, dh0, dw, ds, T,
+                  *(G.stride() if G is not None else (0, 0, 0, 0)),
                   C=C, N=N, K=k, C_PAD=c_pad, N_PAD=n_pad, BLOCK_N=block_n, USE_DOT=use_dot,
-                  PRECISION=input_precision, num_warps=_warps(num_warps, c_pad, block_n), num_stages=1)
-    return dU, dh0
+                  PRECISION=input_precision, HAS_G=G is not None, HAS_GL=g_last is not None, GRADS=fused,
+                  num_warps=_warps(num_warps, c_pad, block_n), num_stages=1)
+    if not weight_grads:
+        return dU, dh0
+    if fused:
+        return dU, dh0, dw.sum(0), ds.sum(0)
+    dW, _ = conv_param_grads(dU, H, h0, k)
+    return dU, dh0, dW, dU.sum(dim=(0, 1))
 
 
 # --------------------------------------------------------------------------------------------------------------
