@@ -326,7 +326,8 @@ def fake_kernels(calls=None):
         dW, _ = triton_rnn.conv_param_grads(dU, H, h0, W.shape[-1])
         return dU, dh0, dW, dU.sum((0, 1))
 
-    return types.SimpleNamespace(wrnn_sequence_forward=forward, wrnn_sequence_backward=backward)
+    return types.SimpleNamespace(wrnn_sequence_forward=forward, wrnn_sequence_backward=backward,
+                                 gpu_verified=triton_rnn.gpu_verified)
 
 
 @pytest.mark.parametrize("last_only", [True, False], ids=["last", "every"])
@@ -383,16 +384,20 @@ def test_cuda_routes_to_kernels_plain_loop_or_cudnn(monkeypatch):
     plain loop and the iRNN cuDNN (measured faster on a GPU than the torch-op recurrence: docs/PERFORMANCE.md)."""
     monkeypatch.delenv("WAVEXPORT_TRITON", raising=False)
     cpu = torch.zeros(1)
-    assert recurrence.wave_fast(cpu, "tanh") and recurrence.wave_fast(cpu, "relu") and recurrence.irnn_fast(cpu)
+    assert recurrence.wave_fast(cpu, "tanh", 27, 3) and recurrence.wave_fast(cpu, "relu", 16, 3)
+    assert recurrence.irnn_fast(cpu)
     cuda = types.SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=torch.float32)
     assert not recurrence.irnn_fast(cuda)
     monkeypatch.setattr(triton_rnn, "available", lambda x: True)
-    assert recurrence.wave_fast(cuda, "relu") and not recurrence.wave_fast(cuda, "tanh")
+    assert recurrence.wave_fast(cuda, "relu", 16, 3) and not recurrence.wave_fast(cuda, "tanh", 16, 3)
+    assert recurrence.wave_fast(cuda, "relu", 6, 5)  # the rank-1 loop: verified on a GPU at every tested k
+    # tl.dot shapes not yet verified on a GPU (triton_rnn.gpu_verified): the plain loop
+    assert not recurrence.wave_fast(cuda, "relu", 27, 3) and not recurrence.wave_fast(cuda, "relu", 16, 5)
     monkeypatch.setenv("WAVEXPORT_TRITON", "0")
-    assert not recurrence.wave_fast(cuda, "relu")
+    assert not recurrence.wave_fast(cuda, "relu", 16, 3)
     monkeypatch.delenv("WAVEXPORT_TRITON")
     monkeypatch.setattr(triton_rnn, "available", lambda x: False)
-    assert not recurrence.wave_fast(cuda, "relu")
+    assert not recurrence.wave_fast(cuda, "relu", 16, 3)
 
 
 @pytest.mark.slow
