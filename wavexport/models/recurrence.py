@@ -27,9 +27,10 @@ references it any more: a freshly mapped buffer costs a page fault per 4 KB on f
 the forward here. ``release_workspace()`` drops it.
 
 ``plain_recurrence()`` switches the fast path off (the parity tests and ``benchmarks/train_speed.py`` compare the
-two). On CUDA the Wave-RNN (ReLU, float32) runs the Triton kernels of ``triton_rnn`` when Triton is installed; without
-them (or with WAVEXPORT_TRITON=0) CUDA runs the plain loop, and the iRNN always runs cuDNN there: measured faster than
-these torch ops on a GPU (``wave_fast``, ``irnn_fast``). Triton is never imported for CPU tensors.
+two). On CUDA the Wave-RNN (ReLU, float32, a shape whose kernels passed their tests on a GPU) runs the Triton kernels
+of ``triton_rnn`` when Triton is installed, its encoder fused in; otherwise (or with WAVEXPORT_TRITON=0) CUDA runs
+the plain loop, and the iRNN always runs cuDNN there: measured faster than these torch ops on a GPU (``wave_fast``,
+``irnn_fast``). Triton is never imported for CPU tensors.
 """
 from __future__ import annotations
 

@@ -2,12 +2,16 @@
 
 The recurrence (float32), state h [B, C, N] (C channels, each a ring of N units), per step t = 1..T:
 
-    pre_t = conv(h_{t-1}) + U_t,   h_t = relu(pre_t)
+    pre_t = conv(h_{t-1}) + u_t,   h_t = relu(pre_t)
     conv(h)[b, o, n] = bias[o] + sum_i sum_j W[o, i, j] * h[b, i, (n + j - k//2) mod N]
 
-with U [B, T, C, N] the already-encoded input.  ``wrnn_sequence_forward`` returns every h_t; ``wrnn_sequence_backward``
-runs the reverse recurrence (d_t = g * (H_t > 0), g <- G_{t-1} + convT(d_t)) and returns dU (= every d_t) and dh0.
-dW and dbias are not computed in the kernels: ``conv_param_grads`` gets them from dU and the states with GEMMs.
+with u_t = U[:, t] (already encoded) or, with ``encoder=``, x_t @ V^T + b computed in the kernel from the model's
+input x [B, T, D] (the encoder fused: no [B, T, C, N] tensor of encoded inputs is written and read back).
+``wrnn_sequence_forward`` returns every h_t (or, ``keep_all=False``, the final one, from two rows of scratch);
+``wrnn_sequence_backward`` runs the reverse recurrence (d_t = g * (H_t > 0), g <- G_{t-1} + convT(d_t)) from the
+gradient of every state G and/or of the final state alone, and returns dU (= every d_t) and dh0; with
+``weight_grads`` also dW (from ``conv_param_grads``, torch products over all timesteps, or accumulated in the
+backward kernel: ``fuse``, off by default until timed on a GPU) and the per-unit sum of d_t (the biases' gradients).
 
 Design
 ------
@@ -22,8 +26,9 @@ Design
   the kernels are launched with ``num_stages=1`` so that the software pipeliner cannot hoist the next step's loads
   above that store.  The state itself (the [C, BLOCK_N] tile being computed) lives in registers.
 * Per step the conv is, per tap j, a [C, C] @ [C, BLOCK_N] product against the shifted rows.  With C >= 16
-  (``use_dot``) it is ``tl.dot`` with C padded to a power of two >= 16 (tl.dot's minimum), ``input_precision="ieee"``
-  by default (true fp32: Triton's default is TF32 on Ampere/Hopper, which would miss a 1e-5 tolerance); otherwise an
+  (``use_dot``) it is ``tl.dot`` with C padded to a power of two >= 16 (tl.dot's minimum), ``input_precision``
+  "tf32x3" by default (three TF32 tensor-core products, fp32's accuracy; plain "tf32", Triton's default on
+  Ampere/Hopper, would miss a 1e-5 tolerance; "ieee" is FMA-only); otherwise an
   explicit loop over input channels and taps of rank-1 updates.  C and N are padded to powers of two with masks; N is
   processed in chunks of BLOCK_N columns (a static loop) to bound register pressure.
 * The backward is the same kernel shape with the transposed weight (Wt[i, o, j] = W[o, i, j]) and the opposite shift:
@@ -37,19 +42,17 @@ mode of that moment.  Under TRITON_INTERPRET=1 the kernels run on CPU tensors (s
 them without a GPU.  The interpreter runs programs one after another and ignores ``num_stages`` and the barrier, so
 the barrier's placement is correct by construction and must be confirmed on a GPU (the tests run unchanged there).
 
-What a GPU session should measure (H100, psMNIST: B=128, C=16, N=256, k=3, T=784)
------------------------------------------------------------------------------------
-* Correctness on CUDA against ``reference_forward``/``reference_backward`` (the tests run unchanged on CUDA).
-* Forward and backward wall time vs. the PyTorch per-step loop (torch.cuda.Event timing, after a warm-up launch that
-  compiles).  Expectation: latency-bound, roughly 1-3 us per step per direction (~1-2.5 ms per 784-step pass), since
-  128 programs cover 128 of 132 SMs once and each step is ~0.2 MFMA per sample.
-* Sweep ``num_warps`` in {4, 8} (default 8 for 4096-element tiles), ``block_n`` in {64, 128, 256} and
-  ``input_precision`` in {"ieee", "tf32x3", "tf32"} (tf32x3 uses tensor cores at ~fp32 accuracy; check the error it
-  gives against the float64 reference).
-* Register use: an ahead-of-time sm_90 compile with Triton 3.9 (no GPU needed; see the tests) gave, for the default
-  4-warp/8-warp choice, fwd 148/128 and bwd 111/127 registers at C=16, N=256, fwd 214/127 and bwd 253/178 at C=27,
-  N=100, no local memory (spills) in any; confirm with ``n_spills`` of the kernel compiled on the GPU's Triton.
-* HBM traffic is dominated by reading U and writing H (1.6 GB each for psMNIST at fp32), ~1 ms at H100 bandwidth.
+Measured on an H200 (Triton 3.6, psMNIST: B=128, C=16, N=256, k=3, T=784; docs/PERFORMANCE.md)
+---------------------------------------------------------------------------------------------
+* Forward 6.4 ms and backward 6.8 ms with 8 warps and "ieee"; 4 warps and "tf32x3" (now the defaults for C <= 16)
+  3.9 and 4.8 ms at the same error (2e-7 relative against float64); the forward with the encoder fused 3.5 ms.
+  About 5 us a step: latency-bound, as 128 programs cover 128 of the 132 SMs once.
+* The first in-kernel weight gradients (the step's whole [C, N] tile as the products' operand) spilled 27-46 KB a
+  thread and took 408 ms; ``conv_param_grads`` takes 7.5 ms.  The current chunked version compiles without spills
+  for sm_90 (``test_paper_shapes_compile_without_spills``: ptxas -v on an ahead-of-time compile, no GPU needed) and
+  is not yet timed on a GPU: ``benchmarks/kernel_tune.py`` does both.
+* Three shapes of a backward test failed on the GPU (see ``gpu_verified``): only the verified shapes run here on
+  CUDA.  A GPU session runs ``tests/test_triton_rnn.py`` first (``benchmarks/gpu_session.sh``).
 
 Limits: float32 only; k odd with k <= N; one batch sample per program (B < number of SMs leaves SMs idle); per
 sample, T times U's (and G's) time stride must stay below 2**31 elements (int32 offsets; the batch offset is int64);
