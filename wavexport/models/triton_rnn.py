@@ -222,6 +222,12 @@ def _shifted_t(src_ptr, n0, shift, C: tl.constexpr, N: tl.constexpr, C_PAD: tl.c
     return tl.load(src_ptr + offs_i[None, :] * N + src_n[:, None], mask=mask, other=0.0)
 
 
+def _tap_grad(d, prev_ptr, c0, shift, acc, C: tl.constexpr, N: tl.constexpr, C_PAD: tl.constexpr,
+              DW_BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + d @ shifted(prev, shift)^T over the ring units c0 + [0, DW_BLOCK): one tap's share of dW."""
+    return tl.dot(d, _shifted_t(prev_ptr, c0, shift, C, N, C_PAD, DW_BLOCK), acc=acc, input_precision=PRECISION)
+
+
 def _weight_grads(d_ptr, prev_ptr, dw0, dw1, dw2, dw3, dw4,
                   C: tl.constexpr, N: tl.constexpr, K: tl.constexpr, C_PAD: tl.constexpr, N_PAD: tl.constexpr,
                   DW_BLOCK: tl.constexpr, PRECISION: tl.constexpr):
@@ -234,19 +240,15 @@ def _weight_grads(d_ptr, prev_ptr, dw0, dw1, dw2, dw3, dw4,
         offs_n = c0 + tl.arange(0, DW_BLOCK)
         d = tl.load(d_ptr + offs_o[:, None] * N + offs_n[None, :], mask=(offs_o[:, None] < C) & (offs_n[None, :] < N),
                     other=0.0)
-        dw0 = tl.dot(d, _shifted_t(prev_ptr, c0, 0 - P, C, N, C_PAD, DW_BLOCK), acc=dw0, input_precision=PRECISION)
-        if K > 1:
-            dw1 = tl.dot(d, _shifted_t(prev_ptr, c0, 1 - P, C, N, C_PAD, DW_BLOCK), acc=dw1,
-                         input_precision=PRECISION)
+        dw0 = _tap_grad(d, prev_ptr, c0, 0 - P, dw0, C, N, C_PAD, DW_BLOCK, PRECISION)
+        if K > 1:  # one accumulator per tap: Triton has no list of register tiles
+            dw1 = _tap_grad(d, prev_ptr, c0, 1 - P, dw1, C, N, C_PAD, DW_BLOCK, PRECISION)
         if K > 2:
-            dw2 = tl.dot(d, _shifted_t(prev_ptr, c0, 2 - P, C, N, C_PAD, DW_BLOCK), acc=dw2,
-                         input_precision=PRECISION)
+            dw2 = _tap_grad(d, prev_ptr, c0, 2 - P, dw2, C, N, C_PAD, DW_BLOCK, PRECISION)
         if K > 3:
-            dw3 = tl.dot(d, _shifted_t(prev_ptr, c0, 3 - P, C, N, C_PAD, DW_BLOCK), acc=dw3,
-                         input_precision=PRECISION)
+            dw3 = _tap_grad(d, prev_ptr, c0, 3 - P, dw3, C, N, C_PAD, DW_BLOCK, PRECISION)
         if K > 4:
-            dw4 = tl.dot(d, _shifted_t(prev_ptr, c0, 4 - P, C, N, C_PAD, DW_BLOCK), acc=dw4,
-                         input_precision=PRECISION)
+            dw4 = _tap_grad(d, prev_ptr, c0, 4 - P, dw4, C, N, C_PAD, DW_BLOCK, PRECISION)
     return dw0, dw1, dw2, dw3, dw4
 
 
@@ -338,7 +340,7 @@ def wrnn_bwd_kernel(g_ptr, gl_ptr, h_ptr, h0_ptr, wt_ptr, du_ptr, dh0_ptr, dw_pt
             tl.store(w_at + 4, dw4, mask=w_mask)
 
 
-_KERNEL_FUNCTIONS = (_ring_conv, _fwd_step, wrnn_fwd_kernel, _shifted_t, _weight_grads, _bwd_step,
+_KERNEL_FUNCTIONS = (_ring_conv, _fwd_step, wrnn_fwd_kernel, _shifted_t, _tap_grad, _weight_grads, _bwd_step,
                      wrnn_bwd_kernel)
 
 
