@@ -6,7 +6,8 @@
 # In order, the whole ending inside BUDGET_S (default 540) seconds:
 #   1. the machine: GPU, driver, torch / Triton / ONNX Runtime versions and providers        -> $OUT/env.txt
 #   2. the Triton kernel tests compiled and run on the GPU (tests/test_triton_rnn.py)         -> $OUT/kernels.txt
-#      (KERNEL_TESTS=0 skips them; =quick runs those of the training path first and the rest alongside step 4)
+#      (KERNEL_TESTS=quick, the default: those of the training path first, the rest alongside step 4, so that a failure
+#      elsewhere does not send the training to the plain loop; =all: every one first; =0: none)
 #   3. benchmarks/train_speed.py on CUDA (the plain loop vs what model(xs) runs: the kernels, cuDNN) with a profile of
 #      each preset's iteration, and benchmarks/kernel_tune.py (forward, backward and weight-gradient times per tuning
 #      choice) -> $OUT/bench.*  (BENCH=0 skips them, BENCH_PRESETS picks the presets)
@@ -48,11 +49,12 @@ EOF
 } > "$OUT/env.txt" 2>&1
 
 KRC=0
-if [ "${KERNEL_TESTS:-1}" != 0 ]; then
+KERNEL_TESTS=${KERNEL_TESTS:-quick}
+if [ "$KERNEL_TESTS" != 0 ]; then
   # KERNEL_TESTS=quick: the tests of the training path first (the model's gradients through the kernels, the fused
   # encoder and weight gradients at a tl.dot shape), the rest of the file alongside step 4 -> $OUT/kernels-rest.txt.
   QUICK_K="model_gradients or fused_encoder or (weight_grads and C16-N12-k3)"
-  stamp "2. kernel tests on the GPU${KERNEL_TESTS/#1/}"
+  stamp "2. kernel tests on the GPU ($KERNEL_TESTS)"
   if [ "$KERNEL_TESTS" = quick ]; then
     timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_triton_rnn.py -k "$QUICK_K" > "$OUT/kernels.txt" 2>&1
   else
@@ -78,7 +80,7 @@ if [ "${BENCH:-1}" = 1 ]; then
 fi
 
 stamp "4. psMNIST training, $(left) s left"
-if [ "${KERNEL_TESTS:-1}" = quick ]; then
+if [ "$KERNEL_TESTS" = quick ]; then
   ( timeout $(( $(left) - 40 )) $PY -m pytest -q -p no:cacheprovider tests/test_triton_rnn.py -k "not ($QUICK_K)" \
       > "$OUT/kernels-rest.txt" 2>&1; echo "exit $?" >> "$OUT/kernels-rest.txt" ) &
 fi
