@@ -313,10 +313,11 @@ class _WaveKernelSequence(torch.autograd.Function):
     enc_w, enc_b, W, bias -> (final state [B, C, N], every state [B, T, C, N] with ``keep_all``, else empty).
 
     The forward kernel encodes each input row itself (no [B, T, C, N] tensor of encoded inputs) and, with no gradient
-    wanted and no states asked for, keeps two state rows instead of T. The backward kernel gives dU (= every d_t),
-    dh0, and, for the paper's shapes, dW and the per-unit sum of d_t (the biases' gradients) accumulated in its time
-    loop; the encoder weight's gradient is one product dU^T xs. A model that reads only the final state sends only
-    its gradient: no sequence-sized zero gradient is built for the states it never read."""
+    wanted and no states asked for, keeps two state rows instead of T. The backward kernel gives dU (= every d_t) and
+    dh0; ``wrnn_sequence_backward`` adds dW (torch products over all timesteps, or accumulated in the kernel where
+    enabled: ``triton_rnn.FUSE_WEIGHT_GRADS``) and the per-unit sum of d_t (the biases' gradients); the encoder
+    weight's gradient is one product dU^T xs. A model that reads only the final state sends only its gradient: no
+    sequence-sized zero gradient is built for the states it never read."""
 
     @staticmethod
     def forward(ctx, xs, h0, enc_w, enc_b, W, bias, keep_all: bool, store: bool, kernels):

@@ -15,7 +15,6 @@ evaluates and writes the run directory. The checkpoint does not depend on the nu
 from __future__ import annotations
 
 import collections
-
 import json
 import math
 import os
