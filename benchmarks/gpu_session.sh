@@ -3,6 +3,11 @@
 #
 #   OUT=/some/dir WAVEXPORT_DATA=/path/with/MNIST/raw bash benchmarks/gpu_session.sh [BUDGET_S]
 #
+# The GPU machine reaches no network: bring MNIST along, e.g. `mkdir -p .gpudata/MNIST/raw && cp
+# ../shared/data/MNIST/raw/*.gz .gpudata/MNIST/raw/`, `.gpudata/` listed in .git/info/exclude, the device tool's
+# `carry [".gpudata"]`, WAVEXPORT_DATA=$PWD/.gpudata. Next run of the paper's psMNIST protocol (docs/RESULTS.md):
+#   FIT=1 RESUME_FROM=results/psmnist/run-wrnn-paper-h200 bash benchmarks/gpu_session.sh 530
+#
 # In order, the whole ending inside BUDGET_S (default 540) seconds:
 #   1. the machine: GPU, driver, torch / Triton / ONNX Runtime versions and providers        -> $OUT/env.txt
 #   2. the Triton kernel tests compiled and run on the GPU (tests/test_triton_rnn.py)         -> $OUT/kernels.txt
