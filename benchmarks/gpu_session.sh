@@ -21,7 +21,8 @@
 #      directory tarred -> $OUT/train.log, psmnist-run.tgz. RESUME_FROM=RUN_DIR (a run directory in the repository)
 #      continues that run instead; WRNN_ARGS adds arguments (on resume e.g. "--epochs 40 --lr-milestones 33": the LR
 #      drops still ahead may move to fit the time a session has). FIT=1 (with RESUME_FROM) computes those two from
-#      step 3's measured seconds an iteration: as many epochs as fit, the LR divided by 10 after 80 % of them. IRNN=1 trains the iRNN-256 alongside (its paper
+#      step 3's measured seconds an iteration: as many epochs as fit, the LR divided by 10 after 80 % of them (if the
+#      run's one drop has not happened yet; else only the epochs). IRNN=1 trains the iRNN-256 alongside (its paper
 #      protocol; IRNN_RESUME_FROM, IRNN_ARGS likewise) -> $OUT/irnn.log, psmnist-irnn-run.tgz. SUITE=1 runs the whole
 #      test suite alongside with CUDA visible (3 workers) -> $OUT/suite.txt.
 # If step 2 fails, step 4 trains with WAVEXPORT_TRITON=0 (the plain loop on CUDA).
@@ -29,6 +30,8 @@ set -u
 BUDGET=${1:-540}
 T0=$(date +%s)
 left() { echo $((T0 + BUDGET - $(date +%s))); }
+# upto MARGIN: the seconds left less MARGIN, at least 1 (timeout 0 would mean no limit at all)
+upto() { local s=$(( $(left) - $1 )); [ "$s" -ge 1 ] || s=1; echo "$s"; }
 : "${OUT:?set OUT to the folder the results go to}"
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}
@@ -86,11 +89,11 @@ fi
 
 stamp "4. psMNIST training, $(left) s left"
 if [ "$KERNEL_TESTS" = quick ]; then
-  ( timeout $(( $(left) - 40 )) $PY -m pytest -q -p no:cacheprovider tests/test_triton_rnn.py -k "not ($QUICK_K)" \
+  ( timeout "$(upto 40)" $PY -m pytest -q -p no:cacheprovider tests/test_triton_rnn.py -k "not ($QUICK_K)" \
       > "$OUT/kernels-rest.txt" 2>&1; echo "exit $?" >> "$OUT/kernels-rest.txt" ) &
 fi
 if [ "${SUITE:-0}" = 1 ]; then
-  ( setsid timeout $(( $(left) - 20 )) $PY -m pytest -q -p no:cacheprovider -n 3 -m "not gpu_kernels" \
+  ( setsid timeout "$(upto 20)" $PY -m pytest -q -p no:cacheprovider -n 3 -m "not gpu_kernels" \
       > "$OUT/suite.txt" 2>&1; echo "exit $?" >> "$OUT/suite.txt" ) &
 fi
 # train ARCH RUN_DIR RESUME_FROM LOG EXTRA...: the paper's protocol for ARCH, or RESUME_FROM continued, until the time is
@@ -102,7 +105,7 @@ train() {
     [ "$(realpath "$from")" = "$(realpath -m "$run")" ] || { rm -rf "$run" && cp -r "$from" "$run"; }
     args=(--resume)
   fi
-  timeout -s INT -k 30 $(( $(left) - 35 )) $PY -m wavexport train psmnist "${args[@]}" "$@" --device cuda \
+  timeout -s INT -k 30 "$(upto 35)" $PY -m wavexport train psmnist "${args[@]}" "$@" --device cuda \
     --data-dir "$DATA" --out "$run" -q > "$log" 2>&1
   echo "exit $?" >> "$log"
   tail -n 3 "$run/metrics.jsonl" >> "$log" 2>/dev/null
@@ -121,9 +124,14 @@ try:
     it = next(r for r in json.load(open(bench))["results"] if r["preset"] == "psmnist-wrnn")["new"]["wall_s"]
 except Exception:
     it = 0.04
-done = max(json.loads(line).get("epoch", 0) for line in open(log))
+records = [json.loads(line) for line in open(log)]
+done = max(r.get("epoch", 0) for r in records)
 more = max(2, int((left - 60) / (446 * it * 1.10 + 1.5)))
-print(f"--epochs {done + more} --lr-milestones {done + max(1, round(0.8 * more))}")
+dropped = min(r["lr"] for r in records if "lr" in r) < records[0]["lr"]
+# One LR drop, as the paper's schedule: once it has happened, only the length changes.
+# --steps lifts a step cap the run may carry (results/psmnist/run-wrnn-h200 has one from its CPU leg).
+print(f"--epochs {done + more} --steps {446 * (done + more)}"
+      + ("" if dropped else f" --lr-milestones {done + max(1, round(0.8 * more))}"))
 EOF
 )
   stamp "   fitted: $WRNN_ARGS"

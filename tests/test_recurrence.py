@@ -384,20 +384,21 @@ def test_cuda_routes_to_kernels_plain_loop_or_cudnn(monkeypatch):
     plain loop and the iRNN cuDNN (measured faster on a GPU than the torch-op recurrence: docs/PERFORMANCE.md)."""
     monkeypatch.delenv("WAVEXPORT_TRITON", raising=False)
     cpu = torch.zeros(1)
-    assert recurrence.wave_fast(cpu, "tanh", 27, 3) and recurrence.wave_fast(cpu, "relu", 16, 3)
+    assert recurrence.wave_fast(cpu, "tanh", 27, 100, 3) and recurrence.wave_fast(cpu, "relu", 16, 256, 3)
     assert recurrence.irnn_fast(cpu)
     cuda = types.SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=torch.float32)
     assert not recurrence.irnn_fast(cuda)
     monkeypatch.setattr(triton_rnn, "available", lambda x: True)
-    assert recurrence.wave_fast(cuda, "relu", 16, 3) and not recurrence.wave_fast(cuda, "tanh", 16, 3)
-    assert recurrence.wave_fast(cuda, "relu", 6, 5)  # the rank-1 loop: verified on a GPU at every tested k
+    assert recurrence.wave_fast(cuda, "relu", 16, 256, 3) and not recurrence.wave_fast(cuda, "tanh", 16, 256, 3)
+    assert recurrence.wave_fast(cuda, "relu", 6, 100, 5)  # the rank-1 loop: verified on a GPU at every tested k
     # tl.dot shapes not yet verified on a GPU (triton_rnn.gpu_verified): the plain loop
-    assert not recurrence.wave_fast(cuda, "relu", 27, 3) and not recurrence.wave_fast(cuda, "relu", 16, 5)
+    assert not recurrence.wave_fast(cuda, "relu", 27, 100, 3) and not recurrence.wave_fast(cuda, "relu", 16, 256, 5)
+    assert not recurrence.wave_fast(cuda, "relu", 16, 512, 3)  # the ring in two chunks
     monkeypatch.setenv("WAVEXPORT_TRITON", "0")
-    assert not recurrence.wave_fast(cuda, "relu", 16, 3)
+    assert not recurrence.wave_fast(cuda, "relu", 16, 256, 3)
     monkeypatch.delenv("WAVEXPORT_TRITON")
     monkeypatch.setattr(triton_rnn, "available", lambda x: False)
-    assert not recurrence.wave_fast(cuda, "relu", 16, 3)
+    assert not recurrence.wave_fast(cuda, "relu", 16, 256, 3)
 
 
 @pytest.mark.slow

@@ -116,12 +116,12 @@ def test_resume_may_move_an_lr_drop_still_ahead_but_not_one_passed(tmp_path):
     run = tmp_path / "c"
     assert cli("train", *TINY_COPY, "--steps", "6", "--eval-every", "3", "--lr-milestones", "20", "--out", run,
                "-q").exit_code == 0
-    before = (run / "checkpoint.pt").read_bytes()
+    before = {f: (run / f).read_bytes() for f in ("checkpoint.pt", "metrics.jsonl", "best.pt")}
     assert_one_line_error(cli("train", *TINY_COPY, "--steps", "9", "--lr-milestones", "4", "--out", run, "--resume",
                               "-q"), "still ahead",
                           "error: --resume: --lr-milestones may only move the drops still ahead (the run is at 6, "
                           "its milestones are [20]), got [4]")
-    assert (run / "checkpoint.pt").read_bytes() == before
+    assert {f: (run / f).read_bytes() for f in before} == before
     r = cli("train", *TINY_COPY, "--steps", "9", "--lr-milestones", "8", "--out", run, "--resume", "-q")
     assert r.exit_code == 0, r.output
     lr = [rec["lr"] for rec in read_log(run) if "lr" in rec]

@@ -137,7 +137,10 @@ def test_fused_encoder_forward(D, C, N, strided):
     enc_b = torch.randn(C * N, generator=g).to(DEVICE)
     U = torch.nn.functional.linear(x, enc_w, enc_b).view(B, T, C, N)
     want = tr.wrnn_sequence_forward(U, h0, W, bias)
-    _close(tr.wrnn_sequence_forward(x, h0, W, bias, encoder=(enc_w, enc_b)), want)
+    got = tr.wrnn_sequence_forward(x, h0, W, bias, encoder=(enc_w, enc_b))
+    _close(got, want)
+    U64 = torch.nn.functional.linear(x.double(), enc_w.double(), enc_b.double()).view(B, T, C, N)
+    _close(got, tr.reference_forward(U64, h0.double(), W.double(), bias.double()))
     for t in (T, 1, 2):  # the ring of two rows ends in row (T-1) % 2
         last = tr.wrnn_sequence_forward(x[:, :t], h0, W, bias, encoder=(enc_w, enc_b), keep_all=False)
         _close(last, tr.wrnn_sequence_forward(U[:, :t], h0, W, bias)[:, -1])
@@ -312,6 +315,9 @@ def test_available_and_argument_checks():
     assert tr.wrnn_sequence_forward(empty, h0, W, bias).shape == (1, 0, 3, 8)
     dU, dh0 = tr.wrnn_sequence_backward(empty, empty, h0, W)
     assert dU.shape == (1, 0, 3, 8) and torch.equal(dh0, torch.zeros_like(h0))
+    # no steps: the final state is h0, so its gradient is h0's
+    _, dh0, dW, ds = tr.wrnn_sequence_backward(None, empty, h0, W, g_last=torch.ones_like(h0), weight_grads=True)
+    assert torch.equal(dh0, torch.ones_like(h0)) and not dW.any() and not ds.any()
 
 
 def _aot_api():

@@ -273,14 +273,14 @@ def kernels_allowed() -> bool:
     return os.environ.get("WAVEXPORT_TRITON", "1").strip() != "0"
 
 
-def wave_fast(xs: torch.Tensor, activation: str, channels: int, kernel: int) -> bool:
+def wave_fast(xs: torch.Tensor, activation: str, channels: int, ring: int, kernel: int) -> bool:
     """Whether the Wave-RNN's fast recurrence pays on ``xs``'s device: always on the CPU; on CUDA only through the
     Triton kernels (ReLU, float32, a shape verified on a GPU: ``triton_rnn.gpu_verified``). Measured on an
     H200 (2026-11-26, psMNIST 16x256, batch 128): these torch ops on the GPU took 0.257 s an iteration, the plain
     loop 0.197 s (both launch-bound), so without the kernels CUDA runs the plain loop."""
     if xs.device.type == "cpu":
         return True
-    return _kernels_for(xs, activation, channels, kernel) is not None
+    return _kernels_for(xs, activation, channels, ring, kernel) is not None
 
 
 def irnn_fast(xs: torch.Tensor) -> bool:
@@ -289,13 +289,13 @@ def irnn_fast(xs: torch.Tensor) -> bool:
     return xs.device.type == "cpu"
 
 
-def _kernels_for(xs: torch.Tensor, activation: str, channels: int, kernel: int):
+def _kernels_for(xs: torch.Tensor, activation: str, channels: int, ring: int, kernel: int):
     """The kernel module for a Wave-RNN on ``xs`` (see ``_kernel_module``) when its kernels apply: ReLU, and a shape
     whose kernels have passed their tests on a GPU (``triton_rnn.gpu_verified``); else None."""
     if activation != "relu":
         return None
     kernels = _kernel_module(xs)
-    return kernels if kernels is not None and kernels.gpu_verified(channels, kernel) else None
+    return kernels if kernels is not None and kernels.gpu_verified(channels, ring, kernel) else None
 
 
 def _kernel_module(x: torch.Tensor):
@@ -349,7 +349,7 @@ def wave_sequence(xs: torch.Tensor, h0: torch.Tensor, enc_w: torch.Tensor, enc_b
                   bias: torch.Tensor, activation: str, keep_all: bool):
     """(final state [B, C, N], every state [B, T, C, N] or None) of the Wave-RNN, as one autograd node."""
     store = grad_needed(xs, h0, enc_w, enc_b, W, bias)
-    kernels = _kernels_for(xs, activation, W.shape[0], W.shape[-1])
+    kernels = _kernels_for(xs, activation, W.shape[0], h0.shape[-1], W.shape[-1])
     if kernels is not None:
         last, every = _WaveKernelSequence.apply(xs, h0, enc_w, enc_b, W, bias, keep_all, store, kernels)
         return last, (every if keep_all else None)

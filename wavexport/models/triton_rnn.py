@@ -55,7 +55,8 @@ Measured on an H200 (Triton 3.6, psMNIST: B=128, C=16, N=256, k=3, T=784; docs/P
   CUDA.  A GPU session runs ``tests/test_triton_rnn.py`` first (``benchmarks/gpu_session.sh``).
 
 Limits: float32 only; k odd with k <= N; one batch sample per program (B < number of SMs leaves SMs idle); per
-sample, T times U's (and G's) time stride must stay below 2**31 elements (int32 offsets; the batch offset is int64);
+sample, T * C * N and T times U's (x's, G's) time stride must stay below 2**31 elements (int32 offsets; the batch
+offset is int64);
 H, h0 and the outputs are contiguous (U and G may have any strides).  Each distinct (C, N, k) compiles a kernel.
 """
 from __future__ import annotations
@@ -163,7 +164,8 @@ def _fwd_step(prev_ptr, u_b, t, s_ut, s_uc, s_un, v_ptr, vb_ptr, D, out_ptr, w_p
               USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ENCODE: tl.constexpr):
     """out = relu(conv(prev) + bias + u_t) for one sample and step t, in chunks of BLOCK_N columns.  u_t is read
     from U (``u_b`` + t * s_ut, strides s_uc, s_un), or with ENCODE computed from the input row x_t (``u_b``: x of
-    this sample, s_uc its feature stride, D features): u_t = vb + sum_d x_t[d] * V[:, d], the model's encoder."""
+    this sample, s_uc its feature stride, D features): u_t = vb + sum_d x_t[d] * Vt[d], the model's encoder (Vt its
+    weight transposed, [D, C*N] contiguous: each feature's row is read coalesced)."""
     offs_c = tl.arange(0, C_PAD)
     c_mask = offs_c < C
     for n0 in tl.static_range(0, N_PAD, BLOCK_N):
@@ -175,7 +177,7 @@ def _fwd_step(prev_ptr, u_b, t, s_ut, s_uc, s_un, v_ptr, vb_ptr, D, out_ptr, w_p
             u = tl.load(vb_ptr + unit, mask=mask, other=0.0)
             for d in range(D):
                 xd = tl.load(u_b + t * s_ut + d * s_uc)
-                u += xd * tl.load(v_ptr + unit * D + d, mask=mask, other=0.0)
+                u += xd * tl.load(v_ptr + d * (C * N) + unit, mask=mask, other=0.0)
         else:
             u = tl.load(u_b + t * s_ut + offs_c[:, None] * s_uc + offs_n[None, :] * s_un, mask=mask, other=0.0)
         h = tl.maximum(acc + bias[:, None] + u, 0.0)
@@ -468,7 +470,7 @@ def wrnn_sequence_forward(U: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, bi
         if tuple(enc_w.shape) != (C * N, D) or enc_w.dtype != torch.float32 or enc_w.device != U.device:
             raise ValueError(f"the encoder weight must be float32 [C*N, D] = {(C * N, D)} on {U.device}, got "
                              f"{enc_w.dtype} {tuple(enc_w.shape)} on {enc_w.device}")
-        v, vb, strides = enc_w.contiguous(), _check_vector(enc_b, C * N, "the encoder bias", U), (*U.stride(), 0)
+        v, vb, strides = enc_w.t().contiguous(), _check_vector(enc_b, C * N, "the encoder bias", U), (*U.stride(), 0)
     h0 = _check_state(h0, B, C, N, U)
     k = _check_weight(W, C, N, U)
     bias = _check_vector(bias, C, "bias", U)
@@ -485,15 +487,15 @@ def wrnn_sequence_forward(U: torch.Tensor, h0: torch.Tensor, W: torch.Tensor, bi
     return H if keep_all else H[:, (T - 1) % 2].clone()
 
 
-def gpu_verified(C: int, k: int) -> bool:
-    """Whether the kernels' default configuration at C channels and kernel size k has passed the tests compiled on a
-    GPU (an H200, Triton 3.6, 2026-11-26): the rank-1 loop (C < 16; the copy model's 6 channels among them) and tl.dot
-    on 16 channels with k = 3 (psMNIST's 16x256 among them).  Three tl.dot shapes of a new backward test failed there
-    (C=16 with N=20 and k=5, C=20 with k=1, both through a first version of the in-kernel weight gradients since
-    rewritten, and C=16 with N=40 in chunks of 16: dU off in 4-20 % of its elements, the same in every gradient
-    mode), not explained yet.  Until a GPU session runs the tests again, other shapes (the adding model's 27 channels)
-    train with the plain loop on CUDA: correct, slower."""
-    return C < 16 or (C == 16 and k == 3)
+def gpu_verified(C: int, N: int, k: int) -> bool:
+    """Whether the kernels' default configuration at C channels, ring size N and kernel size k has passed the tests
+    compiled on a GPU (an H200, Triton 3.6, 2026-11-26): the rank-1 loop (C < 16; the copy model's 6 channels among
+    them) and tl.dot on 16 channels with k = 3 and the ring in one chunk (N <= 256: psMNIST's 16x256 among them).
+    Three tl.dot shapes of a new backward test failed there (C=16 with N=20 and k=5, C=20 with k=1, both through a
+    first version of the in-kernel weight gradients since rewritten, and C=16 with N=40 in chunks of 16: dU off in
+    4-20 % of its elements, the same in every gradient mode), not explained yet.  Until a GPU session runs the tests
+    again, other shapes (the adding model's 27 channels) train with the plain loop on CUDA: correct, slower."""
+    return C < 16 or (C == 16 and k == 3 and _next_pow2(N) * 16 <= _TILE_ELEMENTS)
 
 
 # Ring units per chunk of the weight-gradient products in the backward kernel (see ``_weight_grads``).  With the
@@ -542,7 +544,9 @@ def wrnn_sequence_backward(G: torch.Tensor | None, H: torch.Tensor, h0: torch.Te
     dh0 = torch.zeros((B, C, N), dtype=H.dtype, device=H.device)
     fuse = FUSE_WEIGHT_GRADS if fuse is None else fuse
     fused = weight_grads and fuse and fused_weight_grads(C, N, k, use_dot, block_n)
-    if T == 0 or B == 0:
+    if T == 0 or B == 0:  # the final state is h0: its gradient passes straight through
+        if g_last is not None:
+            dh0 = g_last.clone()
         return (dU, dh0, H.new_zeros((C, C, k)), H.new_zeros((C, N))) if weight_grads else (dU, dh0)
     use_dot, c_pad, n_pad, block_n = _config(C, N, use_dot, block_n)
     _, bwd = _kernels(_interpret_mode())

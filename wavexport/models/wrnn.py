@@ -101,7 +101,8 @@ class WaveRNN(RecurrentModel):
         over the sequence) unless ``plain_recurrence()`` asks for the per-step loop over ``recur``."""
         if state is None:
             state = self.initial_state(xs.shape[0], device=xs.device, dtype=xs.dtype)
-        fast = recurrence.use_fast() and recurrence.wave_fast(xs, self.activation, self.channels, self.kernel)
+        fast = recurrence.use_fast() and recurrence.wave_fast(xs, self.activation, self.channels, self.ring,
+                                                              self.kernel)
         if xs.shape[1] and fast:
             return recurrence.wave_sequence(xs, state[0], self.encoder.weight, self.encoder.bias, self.conv.weight,
                                             self.conv.bias, self.activation, keep)

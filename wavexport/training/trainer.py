@@ -199,8 +199,10 @@ class Trainer:
                 self.splits["train"] = Split(tr.x[:cfg.limit], tr.y[:cfg.limit])
             self.splits = {k: Split(v.x.to(self.device), v.y.to(self.device)) for k, v in self.splits.items()}
         if resumed:
+            moved = self._moved_milestones(resumed)  # checked before _restore touches the run directory
             self._restore(resumed)
-            self._move_milestones(resumed.train_config.lr_milestones)
+            if moved is not None:
+                self.sched.milestones = collections.Counter(moved)
         self.ddp = self.model  # what a training step calls: the model, or its DDP wrapper in a distributed run
         if self.world.active:
             # DDP broadcasts rank 0's weights at construction; all ranks built or resumed the same ones anyway.
@@ -253,18 +255,22 @@ class Trainer:
             lines = log.read_text().splitlines(keepends=True)[: self.progress["log_lines"]]
             atomic_write(log, lambda tmp: Path(tmp).write_text("".join(lines)))
 
-    def _move_milestones(self, saved: list[int]) -> None:
-        """Let a resumed run move the LR drops it has not reached yet (to fit a longer or shorter run than
-        planned); those already passed must stay as they were, so the run's history stays one schedule."""
-        new = list(self.cfg.lr_milestones or [])
-        if new == list(saved or []):
-            return
+    def _moved_milestones(self, ck: Checkpoint) -> list[int] | None:
+        """The LR milestones a resumed run moves to, or None if they stay: a run may move the drops it has not
+        reached yet (to fit a longer or shorter run than planned); those already passed must stay as they were, so
+        the run's history stays one schedule."""
+        saved, new = list(ck.train_config.lr_milestones or []), list(self.cfg.lr_milestones or [])
+        if new == saved:
+            return None
         check_milestones(new)
-        done = self.sched.last_epoch  # epochs (image tasks) or steps the schedule has counted
-        if [m for m in new if m <= done] != [m for m in saved or [] if m <= done]:
+        try:
+            done = int(ck.scheduler["last_epoch"])  # epochs (image tasks) or steps the schedule has counted
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{ck.path}: cannot resume from it ({e})") from None
+        if [m for m in new if m <= done] != [m for m in saved if m <= done]:
             raise TrainingError(f"--resume: --lr-milestones may only move the drops still ahead (the run is at "
-                                f"{done}, its milestones are {list(saved)}), got {new}")
-        self.sched.milestones = collections.Counter(new)
+                                f"{done}, its milestones are {saved}), got {new}")
+        return new
 
     def save(self) -> None:
         self._tick()
