@@ -120,10 +120,14 @@ PR_SET_PDEATHSIG = 1
 def _child_setup(parent: int):
     """What the train child runs between fork and exec: its own process group (a terminal's Ctrl-C reaches the
     worker, which passes it on once), and SIGINT from the kernel should the worker die (Linux: PR_SET_PDEATHSIG),
-    so it checkpoints and exits; a worker that died before that was set leaves a child that exits at once."""
+    so it checkpoints and exits; a worker that died before that was set leaves a child that exits at once. SIGHUP
+    is ignored: a worker dying while its child is stopped orphans the child's process group, and the kernel then
+    sends it SIGHUP (whose default action would end it before it checkpoints) and SIGCONT (which lets it act on the
+    SIGINT)."""
 
     def setup() -> None:  # pragma: no cover - runs in the child
         os.setpgid(0, 0)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if _PRCTL is not None:
             _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
             if os.getppid() != parent:
