@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import click
 
 from ..core.errors import TrainingError, WavexportError
 from ..core.io import is_onnx_path
+from ..core.procs import wait_passing_interrupts
 from .common import (RegistryChoice, arch_names, fmt_duration, fmt_metrics, int_list, preset_names, set_torch_threads,
                      task_names, threads_option)
 
@@ -157,19 +157,7 @@ def _under_torchrun(nproc: int, args: list[str]) -> int:
     from ..training.distributed import torchrun_command
 
     proc = subprocess.Popen(torchrun_command(nproc, args), preexec_fn=os.setpgrp)
-    interrupted = []
-
-    def forward(signum, frame):
-        if not interrupted and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        interrupted.append(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        rc = proc.wait()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    (rc,), interrupted = wait_passing_interrupts([proc])
     return 130 if interrupted else rc
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.procs import wait_passing_interrupts
 from .spec import SweepError, SweepSpec, read_spec_file, write_spec_file
 from .study import create_sweep, default_storage, load_sweep, redact
 from .worker import INTERRUPTED_RC, Worker
@@ -97,25 +97,8 @@ def run_local(url: str, study: str, root, jobs: int = 1, device: str | None = No
         return LocalRun(stats.interrupted, [INTERRUPTED_RC if stats.interrupted else 0])
     procs = [subprocess.Popen(worker_command(url, study, root, device, threads), preexec_fn=os.setpgrp,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"}) for _ in range(jobs)]
-    got = []
-
-    def forward(signum, frame):
-        if not got:
-            for p in procs:
-                if p.poll() is None:
-                    try:
-                        p.send_signal(signal.SIGINT)
-                    except OSError:
-                        pass
-        got.append(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        codes = [p.wait() for p in procs]
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-    return LocalRun(bool(got) or any(c == INTERRUPTED_RC for c in codes), codes)
+    codes, interrupted = wait_passing_interrupts(procs)
+    return LocalRun(interrupted or any(c == INTERRUPTED_RC for c in codes), codes)
 
 
 def sweep_state(url: str, study: str | None = None) -> dict:

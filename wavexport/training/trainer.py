@@ -210,7 +210,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # --- config / checkpoint -------------------------------------------------------------------------------------
-    # lr_milestones too, but only those still ahead (checked in ``_move_milestones``: the past is not rewritten).
+    # lr_milestones too, but only those still ahead (checked in ``_moved_milestones``: the past is not rewritten).
     RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every", "stop_when_solved",
                          "lr_milestones")
 
