@@ -138,6 +138,21 @@ def train_args(options: dict) -> list[str]:
     return args
 
 
+def train_command(argv: list[str], out, threads: int, device: str | None = None) -> list[str]:
+    """The ``wavexport train`` process for a run directory ``out`` (reproduce's runs and the sweep's trials):
+    ``argv`` (task, arch and train options), quiet, ``threads`` threads, ``device`` when given, and ``--resume``
+    when ``out`` already holds a checkpoint, so that relaunching a stopped run continues it."""
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "wavexport", "train", *argv, "--out", str(out), "--quiet", "--threads", str(threads)]
+    if device is not None:
+        cmd += ["--device", device]
+    if (Path(out) / "checkpoint.pt").is_file():
+        cmd.append("--resume")
+    return cmd
+
+
 def resolve_device(name: str):
     """A torch device from ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     import torch

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,11 +45,9 @@ def is_complete(path: Path, spec: RunSpec | None = None) -> bool:
 
 
 def train_command(spec: RunSpec, path: Path, threads: int = 1, device: str = "auto") -> list[str]:
-    cmd = [sys.executable, "-m", "wavexport", "train", *spec.argv(), "--out", str(path), "--quiet",
-           "--threads", str(threads), "--device", device]
-    if (path / "checkpoint.pt").is_file():
-        cmd.append("--resume")
-    return cmd
+    from ..config import train_command as command
+
+    return command(spec.argv(), path, threads, device)
 
 
 def run_all(specs: list[RunSpec], root: Path, jobs: int = 1, threads: int = 1, device: str = "auto",

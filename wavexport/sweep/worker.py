@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import run_complete
+from ..config import train_command
 from .spec import TRIALS_DIR, SweepError, fmt_params, slug, train_argv
 from .study import import_optuna, load_sweep, uses_bound
 
@@ -255,15 +256,8 @@ class Worker:
         return params
 
     def _command(self, params: dict, run: Path) -> list[str]:
-        opts = self.spec.train_options(params)
-        if self.device:
-            opts["device"] = self.device
-        cmd = [sys.executable, "-m", "wavexport", "train",
-               *train_argv(self.spec.task, self.spec.arch, self.spec.preset, opts),
-               "--out", str(run), "--quiet", "--threads", str(self.threads)]
-        if (run / "checkpoint.pt").is_file():
-            cmd.append("--resume")
-        return cmd
+        argv = train_argv(self.spec.task, self.spec.arch, self.spec.preset, self.spec.train_options(params))
+        return train_command(argv, run, self.threads, self.device or None)
 
     def _run_trial(self, trial_id: int) -> bool:
         """Run (or resume) one trial and tell Optuna its outcome; False when it failed."""
