@@ -14,7 +14,6 @@ from wavexport.plot import (PlotError, TorchSource, channel_speeds, input_events
 from wavexport.tasks import SequentialMNIST, load_mnist, make_task
 from wavexport.checkpoint import Checkpoint
 from wavexport.config import TrainConfig
-from wavexport.evaluation import HELD_OUT_SEEDS
 
 from cli_helpers import assert_one_line_error, cli
 

@@ -15,12 +15,6 @@ def int_list(ctx, param, value):
         raise click.BadParameter("expected comma-separated integers, e.g. 100 or 80,100") from None
 
 
-def fmt_duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 def fmt_metrics(metrics: dict) -> str:
     keys = [k for k in ("test_acc", "test_loss", "val_acc", "val_loss", "acc", "loss", "solved_at") if k in metrics]
 

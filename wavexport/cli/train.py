@@ -12,7 +12,8 @@ import click
 from ..core.errors import TrainingError, WavexportError
 from ..core.io import is_onnx_path
 from ..core.procs import wait_passing_interrupts
-from .common import (RegistryChoice, arch_names, fmt_duration, fmt_metrics, int_list, preset_names, set_torch_threads,
+from ..core.text import fmt_duration
+from .common import (RegistryChoice, arch_names, fmt_metrics, int_list, preset_names, set_torch_threads,
                      task_names, threads_option)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..core.text import fmt_duration
 from .spec import SweepError, SweepSpec, fmt_value, fmt_params
 
 
@@ -71,14 +72,6 @@ def _value_text(r: dict, spec: SweepSpec) -> str:
     return f"{v:.4f}"
 
 
-def _duration(s) -> str:
-    if s is None:
-        return "-"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
-
-
 def format_table(rows: list[dict], spec: SweepSpec) -> str:
     params = spec.params
     head = ["trial", "state", *params, spec.objective, "steps", "wall", "run / note"]
@@ -88,7 +81,7 @@ def format_table(rows: list[dict], spec: SweepSpec) -> str:
         if r["note"]:
             where = f"{where}  ({r['note']})" if where else r["note"]
         body.append([str(r["number"]), r["state"], *[fmt_value(r["params"].get(p, "-")) for p in params],
-                     _value_text(r, spec), "-" if r["steps"] is None else str(r["steps"]), _duration(r["wall_s"]),
+                     _value_text(r, spec), "-" if r["steps"] is None else str(r["steps"]), fmt_duration(r["wall_s"]),
                      where])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1])) + "  " + cells[-1]
@@ -105,7 +98,7 @@ def best_line(rows: list[dict], spec: SweepSpec, root: Path | None = None) -> st
     if b.get("test_acc") is not None:
         extra.append(f"test_acc {b['test_acc']:.4f}")
     if b.get("wall_s") is not None:
-        extra.append(f"{_duration(b['wall_s'])} of training")
+        extra.append(f"{fmt_duration(b['wall_s'])} of training")
     run = b["run_dir"]
     if run and root is not None:
         run = str(Path(root) / run)
