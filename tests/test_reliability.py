@@ -511,6 +511,18 @@ def test_dry_run_shows_the_papers_T_and_the_sequence_length():
         "copy: T=80 (sequences of 100 steps), in=10, out=10"
 
 
+def test_a_size_too_large_to_allocate_is_counted_by_a_dry_run_and_refused_in_one_line_by_training(tmp_path):
+    # wRNN on adding (n_in 2, n_out 1), C = 1,000,000 channels of a 50-unit ring: conv C*C*3 + C, encoder C*50*2 +
+    # C*50, readout C*50 + 1 = 3,000,000,000,000 + 1,000,000 + 150,000,000 + 50,000,001.
+    r = cli("train", "adding", "--preset", "quick", "--channels", "1000000", "--ring", "50", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().endswith("adding/wrnn: 3,000,201,000,001 parameters")
+    r = cli("train", "adding", "--preset", "quick", "--channels", "1000000", "--ring", "50", "--steps", "1",
+            "--out", tmp_path / "huge")
+    assert_one_line_error(r, "wrnn with 3,000,201,000,001 parameters does not fit in memory", code=2)
+    assert not (tmp_path / "huge").exists()
+
+
 def test_unsorted_lr_milestones_are_refused():
     assert_one_line_error(cli("train", "copy", "--lr-milestones", "5,3", "--dry-run"),
                           "--lr-milestones must be strictly increasing positive integers, got 5,3")

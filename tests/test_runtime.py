@@ -353,6 +353,36 @@ def test_bench_reports_both_runtimes(lstm_copy):
     assert (rep["arch"], rep["task"], rep["format"]) == ("lstm", "copy", "step/1")
 
 
+def test_ctrl_c_ends_a_command_with_status_130_and_one_word(lstm_copy):
+    """Not click's "Aborted!" and status 1, which a script would read as a failed check."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "wavexport.cli", "run", str(lstm_copy["step"]), "--stream"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write(" ".join(["0"] * 10) + "\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["step"] == 0  # streaming: inside the command, waiting for a line
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and out == "" and err.split() == ["interrupted"], err
+
+
+def test_bench_refuses_a_checkpoint_of_another_model_and_a_batch_a_fixed_export_cannot_take(lstm_copy, tmp_path):
+    # A checkpoint of another size would run, and the "speedup" would compare two different models.
+    cfg = make_config("copy", "lstm", "quick", seq=6, hidden=7, steps=1, eval_every=1, eval_batch=4)
+    Trainer(cfg, tmp_path / "other", quiet=True).run()
+    r = CliRunner().invoke(main, ["bench", str(lstm_copy["step"]), "--checkpoint", str(tmp_path / "other" / "best.pt"),
+                                  "--steps", "10"])
+    assert_one_line_error(r, "is not the model in")
+    assert '"hidden": 7' in r.output and '"hidden": 5' in r.output
+    export_checkpoint(lstm_copy["ckpt"], tmp_path / "b1.onnx", batch=1, verify=False)
+    r = CliRunner().invoke(main, ["bench", str(tmp_path / "b1.onnx"), "--batch", "1,4", "--steps", "10"])
+    assert_one_line_error(r, "fixed batch of 1: bench it with --batch 1")
+    r = CliRunner().invoke(main, ["bench", str(tmp_path / "b1.onnx"), "--batch", "1", "--steps", "10", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [x["batch"] for x in json.loads(r.output)["results"]] == [1]
+
+
 def test_bench_api_with_the_checkpoint_and_the_two_steps_it_times_agree(lstm_copy):
     from wavexport.runtime.bench import bench
 

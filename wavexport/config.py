@@ -8,7 +8,10 @@ which diverges at 1e-3 with identity recurrence on 784-step sequences.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, fields
+
+import torch
 
 from .core.errors import ModelConfigError, TrainingError
 from .models import ARCHS, RecurrentModel, build_model, resolve_config
@@ -175,12 +178,23 @@ class Run:
     model: RecurrentModel
 
 
-def build_run(cfg: TrainConfig, task_args: dict | None = None) -> Run:
+def build_run(cfg: TrainConfig, task_args: dict | None = None, meta: bool = False) -> Run:
     """config -> task -> model. ``task_args`` (a saved task's ``args()``, e.g. the psMNIST permutation) wins over
-    the config's seed, so a resumed run rebuilds exactly its task. Bad combinations raise :class:`TrainingError`."""
+    the config's seed, so a resumed run rebuilds exactly its task. Bad combinations raise :class:`TrainingError`.
+    ``meta``: the model's tensors have shapes but no storage, for checks and parameter counts that must not
+    allocate what a mistyped size asks for."""
     try:
         task = make_task(cfg.task, cfg.seq, cfg.seed, **(task_args or {}))
         model_config = resolve_config(cfg.arch, task.n_in, task.n_out, **cfg.model_overrides())
-        return Run(task, model_config, build_model(model_config))
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = build_model(model_config)
+        return Run(task, model_config, model)
     except (ModelConfigError, ValueError) as e:
         raise TrainingError(str(e)) from None
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError too
+        if not isinstance(e, MemoryError) and "alloc" not in str(e) and "out of memory" not in str(e):
+            raise
+        with torch.device("meta"):
+            n = build_model(model_config).num_parameters()
+        raise TrainingError(f"{cfg.arch} with {n:,} parameters does not fit in memory: choose a smaller "
+                            f"size ({', '.join(f'--{k} {v}' for k, v in cfg.model_overrides().items())})") from None

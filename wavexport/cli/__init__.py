@@ -12,7 +12,8 @@ from ..core.errors import WavexportError
 
 
 class Group(click.Group):
-    """Turns the toolkit's own errors into one line on stderr and its exit status: no traceback for a user mistake."""
+    """Turns the toolkit's own errors into one line on stderr and its exit status: no traceback for a user mistake;
+    Ctrl-C exits with status 130, as the shell reports a process killed by SIGINT."""
 
     def invoke(self, ctx):
         try:
@@ -20,6 +21,9 @@ class Group(click.Group):
         except WavexportError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # not click's "Aborted!" and status 1, which scripts read as a failed check
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def train(ctx, task, arch, preset, out, resume, threads, skip_nonfinite, nproc, 
         check_milestones(cfg.lr_milestones)
     out = Path(out or f"runs/{task}-{arch}{'-quick' if preset == 'quick' else ''}")
     if dry_run:
-        run = build_run(cfg)
+        run = build_run(cfg, meta=True)
         n_params = run.model.num_parameters()
         click.echo(json.dumps({"train": cfg.to_dict(), "model": run.model_config, "task": run.task.describe(),
                                "parameters": n_params, "out": str(out)}, indent=2))
@@ -123,7 +124,7 @@ def train(ctx, task, arch, preset, out, resume, threads, skip_nonfinite, nproc, 
         if world.is_main:
             click.echo(f"interrupted at step {result['step']}/{result['total_steps']}: checkpoint saved in {out}; "
                        f"continue with: wavexport train {run_cfg.task} --out {out} --resume", err=True)
-        sys.exit(130)
+        sys.exit(128 + (result["signal"] or signal.SIGINT))  # the shell's convention: 130 (Ctrl-C), 143 (SIGTERM)
     if world.is_main:
         click.echo(f"done: {name} {result['step']} steps in {fmt_duration(result['seconds'])} | "
                    f"best: {fmt_metrics(result['metrics'])} | {out / 'best.pt'}")
@@ -229,7 +230,7 @@ def list_cmd():
     for task in TASKS:
         for arch in ("wrnn", "irnn"):
             cfg = make_config(task, arch, "paper")
-            model = build_run(cfg).model
+            model = build_run(cfg, meta=True).model
             size = " x ".join(str(v) for v in cfg.model_overrides().values())
             budget = f"{cfg.epochs} epochs" if cfg.epochs else f"{cfg.steps} steps"
             click.echo(f"  {task:10s} {arch:5s} {size:>9s}  {model.num_parameters():>8,} params  "

@@ -4,6 +4,9 @@ from __future__ import annotations
 import signal
 import subprocess
 
+# How a stopped ``train`` exits after saving its checkpoint: 128 + the signal, as the shell reports a killed process.
+INTERRUPTED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # 130 (Ctrl-C), 143 (SIGTERM)
+
 
 def wait_passing_interrupts(procs: list[subprocess.Popen]) -> tuple[list[int], bool]:
     """Wait for ``procs`` (started in their own process groups, so a terminal's Ctrl-C reaches only this process),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..core.procs import INTERRUPTED_CODES
 from .experiments import RunSpec
 
 
@@ -30,7 +31,7 @@ class RunOutcome:
 
     @property
     def interrupted(self) -> bool:
-        return self.returncode == 130
+        return self.returncode in INTERRUPTED_CODES
 
 
 def run_dir(root: Path, spec: RunSpec) -> Path:
@@ -75,7 +76,7 @@ def run_all(specs: list[RunSpec], root: Path, jobs: int = 1, threads: int = 1, d
                 log.flush()
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
-            if rc == 130:
+            if rc in INTERRUPTED_CODES:
                 stop.set()
             out = RunOutcome(spec, path, rc)
         if on_done:

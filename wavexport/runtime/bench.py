@@ -1,11 +1,13 @@
 """Per-step latency of an exported model next to the eager PyTorch step of the same model, in one process."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import numpy as np
 
+from ..core.errors import ContractError
 from .session import StreamingSession
 
 
@@ -27,6 +29,10 @@ def time_steps(step, x, steps: int, warmup: int) -> dict:
     return _percentiles(ns)
 
 
+def _canonical(model_config: dict) -> str:
+    return json.dumps(model_config, sort_keys=True)
+
+
 def bench(path, batches=(1,), steps=2000, chunk=64, threads=1, checkpoint=None, providers=None) -> dict:
     """Per-step latency of the ONNX session and of the eager PyTorch step of the same model, in one run."""
     import torch
@@ -36,9 +42,15 @@ def bench(path, batches=(1,), steps=2000, chunk=64, threads=1, checkpoint=None, 
 
     sess = StreamingSession(path, providers=providers, threads=threads)
     c = sess.contract
+    if c.batch is not None and any(b != c.batch for b in batches):
+        raise ContractError(f"{path} was exported with a fixed batch of {c.batch}: bench it with --batch {c.batch}")
     torch.set_num_threads(threads)
     if checkpoint:
-        model = load_checkpoint(checkpoint).build()[0]
+        ck = load_checkpoint(checkpoint)
+        if _canonical(ck.model_config) != _canonical(c.model_config):  # else the speedup compares two models
+            raise ContractError(f"{checkpoint} is not the model in {path}: its model is {_canonical(ck.model_config)}, "
+                                f"the file's {_canonical(c.model_config)}")
+        model = ck.build()[0]
     else:  # same architecture and size: the same work per step whatever the weights
         model = build_model(c.model_config).eval()
     rng = np.random.default_rng(0)

@@ -231,7 +231,7 @@ class SweepSpec:
         first.update({k: (r.low if r.kind == "float" else int(r.low)) for k, r in ranges.items()})
         try:
             cfg = make_config(task, arch, preset, **config_options({**train, **first}))
-            run = build_run(cfg)
+            run = build_run(cfg, meta=True)
         except (TrainingError, ValueError, TypeError) as e:
             raise SweepError(f"the sweep's first trial would not start: {e}") from None
         obj = objective_for(run.task)

@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -344,7 +345,7 @@ class Trainer:
         self._skipped_in_a_row += 1
         self.progress["skipped_nonfinite"] = self.progress.get("skipped_nonfinite", 0) + 1
         if not self.quiet and self.world.is_main:
-            tqdm.write(f"step {self.progress['step'] + 1}: {what}; batch skipped")
+            tqdm.write(f"step {self.progress['step'] + 1}: {what}; batch skipped", file=sys.stderr)
 
     def _shard(self, xs, y):
         """Distributed: this rank's slice of the global batch (every rank drew the same one), and the weight of its
@@ -426,19 +427,25 @@ class Trainer:
 
     def _run(self) -> dict:
         total = self.total_steps()  # may refuse the config: before the signal handler is installed
-        previous = signal.getsignal(signal.SIGINT)
+        # SIGTERM too: what a scheduler or a cluster's preemption sends, with a grace period to save in.
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.stop_signal = None
 
-        def on_sigint(signum, frame):
-            if self._stop:  # second Ctrl-C: stop now
+        def on_signal(signum, frame):
+            if self._stop:  # a second signal: stop now
                 raise KeyboardInterrupt
             self._stop = True
+            self.stop_signal = signum
             if self.world.is_main:
-                tqdm.write("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+                what = "interrupt" if signum == signal.SIGINT else signal.Signals(signum).name
+                tqdm.write(f"{what}: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
+                           file=sys.stderr)
 
         try:
-            signal.signal(signal.SIGINT, on_sigint)
+            for sig in previous:
+                signal.signal(sig, on_signal)
         except ValueError:  # not the main thread: leave signals alone
-            previous = None
+            previous = {}
         t0 = time.time()
         self._clock = (t0, time.process_time())  # time spent loading data or waiting is not the run's
         self.bar = tqdm(total=total, initial=min(self.progress["step"], total),
@@ -452,9 +459,10 @@ class Trainer:
             self.save()
         finally:
             self.bar.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return {"interrupted": self.stopping and self.progress["step"] < total, "step": self.progress["step"],
+                "signal": self.stop_signal,
                 "total_steps": total, "seconds": time.time() - t0, "metrics": self.summary_metrics(),
                 "out": str(self.out)}
 
