@@ -499,6 +499,7 @@ def test_every_k_always_reports_the_last_step_of_each_sequence(model_files):
 def test_the_summary_says_not_solved_instead_of_none(tmp_path):
     assert fmt_metrics({"test_loss": 0.5, "solved_at": None}) == "test_loss 0.5000, not solved"
     assert fmt_metrics({"solved_at": 300}) == "solved at step 300"
+    assert fmt_metrics({"loss": 5.87e-05, "acc": 1.0}) == "acc 1.0000, loss 5.87e-05"
     r = cli("train", "adding", "--preset", "quick", "--seq", "10", "--channels", "2", "--ring", "10", "--steps", "2",
             "--eval-every", "2", "--eval-batch", "32", "--out", tmp_path / "a", "-q")
     assert r.exit_code == 0 and "not solved" in r.output and "None" not in r.output, r.output
@@ -521,6 +522,26 @@ def test_a_size_too_large_to_allocate_is_counted_by_a_dry_run_and_refused_in_one
             "--out", tmp_path / "huge")
     assert_one_line_error(r, "wrnn with 3,000,201,000,001 parameters does not fit in memory", code=2)
     assert not (tmp_path / "huge").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["copy", "--epochs", "3"], "--epochs does not apply to copy, a synthetic task"),
+    (["adding", "--limit", "50"], "--limit does not apply to adding, a synthetic task"),
+    (["psmnist", "--eval-every", "5"], "--eval-every does not apply to psmnist, an image task"),
+    (["smnist", "--eval-batch", "5"], "--eval-batch does not apply to smnist, an image task"),
+    (["copy", "--stop-when-solved"], "--stop-when-solved applies to adding only"),
+    (["copy", "--arch", "wrnn-mlp", "--readout", "linear"], "--arch wrnn-mlp has the mlp readout by definition"),
+])
+def test_an_option_that_would_do_nothing_for_the_task_or_contradicts_the_arch_is_refused(args, needle, tmp_path):
+    assert_one_line_error(cli("train", *args, "--dry-run"), needle)
+    assert_one_line_error(cli("train", *args, "--out", tmp_path / "r", "--steps", "1"), needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_options_that_apply_are_still_taken():
+    for args in (["adding", "--stop-when-solved", "--eval-batch", "64"], ["psmnist", "--epochs", "2", "--limit", "9"],
+                 ["copy", "--arch", "wrnn-mlp", "--readout", "mlp"]):
+        assert cli("train", *args, "--dry-run").exit_code == 0, args
 
 
 def test_unsorted_lr_milestones_are_refused():

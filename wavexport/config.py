@@ -117,6 +117,28 @@ def preset_values(task: str, arch: str, preset: str) -> dict:
     return values
 
 
+IMAGE_TASKS = ("smnist", "psmnist", "nscifar10")  # trained in epochs over a dataset; the others draw batches
+
+
+def check_applicable(task: str, arch: str, options: dict) -> None:
+    """Refuse options a user gave that do nothing for ``task`` or contradict ``arch``: ignoring them silently
+    would leave a run that is not the one asked for. ``options``: TrainConfig names -> values, as given."""
+    image = task in IMAGE_TASKS
+    given = {k for k, v in options.items() if v is not None and v is not False}
+    kind = "an image task: one evaluation per epoch, on its validation split" if image else \
+        "a synthetic task: it trains for --steps iterations on fresh batches"
+    for name, applies in (("epochs", image), ("eval_every", not image), ("eval_batch", not image),
+                          ("limit", image), ("eval_limit", image)):
+        if name in given and not applies:
+            raise TrainingError(f"--{name.replace('_', '-')} does not apply to {task}, {kind}")
+    if "stop_when_solved" in given and task != "adding":
+        raise TrainingError(f"--stop-when-solved applies to adding only (solved: held-out MSE <= 0.05), not {task}")
+    fixed = ARCHS[arch].defaults.get("readout") if arch in ARCHS else None
+    if "readout" in given and fixed and options["readout"] != fixed:
+        raise TrainingError(f"--arch {arch} has the {fixed} readout by definition; for a {options['readout']} "
+                            f"readout use an arch without it (see `wavexport list`)")
+
+
 def make_config(task: str, arch: str = "wrnn", preset: str = "paper", **overrides) -> TrainConfig:
     """The preset's values for (task, arch), then every override that is not None."""
     values = preset_values(task, arch, preset)

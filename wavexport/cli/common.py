@@ -22,7 +22,9 @@ def fmt_metrics(metrics: dict) -> str:
         v = metrics[k]
         if k == "solved_at":
             return "not solved" if v is None else f"solved at step {v}"
-        return f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        if not isinstance(v, float):
+            return f"{k} {v}"
+        return f"{k} {v:.4f}" if v == 0 or abs(v) >= 0.01 else f"{k} {v:.3g}"  # a copy loss of 5.9e-05, not 0.0001
     return ", ".join(one(k) for k in keys)
 
 

@@ -28,16 +28,17 @@ from .common import (RegistryChoice, arch_names, fmt_metrics, int_list, preset_n
 @click.option("--seq", "seq", type=click.IntRange(1), help="copy/adding: the paper's T; nscifar10: total length.")
 @click.option("--channels", type=click.IntRange(1), help="wRNN channels C.")
 @click.option("--ring", type=click.IntRange(1), help="wRNN ring size N (units per channel).")
-@click.option("--kernel", type=click.IntRange(1), help="wRNN kernel size k (odd).")
+@click.option("--kernel", type=click.IntRange(1), help="wRNN kernel size k, odd (taps of the ring convolution).")
 @click.option("--hidden", type=click.IntRange(1), help="iRNN/LSTM/GRU hidden size.")
 @click.option("--readout", type=click.Choice(["linear", "mlp"]), help="Readout from the state.")
 @click.option("--epochs", type=click.IntRange(1), help="Passes over the training split (image tasks).")
 @click.option("--steps", type=click.IntRange(1), help="Training iterations (synthetic tasks), or a cap.")
-@click.option("--batch-size", type=click.IntRange(1))
+@click.option("--batch-size", type=click.IntRange(1), help="Sequences per iteration (the global batch under --nproc).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
-@click.option("--lr-milestones", callback=int_list, help="Divide the LR by 1/--lr-gamma at these epochs "
+@click.option("--lr-milestones", callback=int_list, help="Multiply the LR by --lr-gamma at these epochs "
               "(image tasks) or steps (synthetic), e.g. 100.")
-@click.option("--lr-gamma", type=click.FloatRange(0, 1, min_open=True))
+@click.option("--lr-gamma", type=click.FloatRange(0, 1, min_open=True),
+              help="The LR's factor at each milestone [default: 0.1].")
 @click.option("--grad-clip", type=click.FloatRange(0), help="Max gradient norm, 0 = off.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds init, data order, psMNIST permutation.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -66,17 +67,20 @@ def train(ctx, task, arch, preset, out, resume, threads, skip_nonfinite, nproc, 
     """Train ARCH on TASK; writes checkpoint.pt, best.pt and metrics.jsonl to the run directory.
 
     \b
-    Ctrl-C finishes the current step, saves a checkpoint and exits; --resume continues it.
+    Options without a default shown take the --preset's value for TASK and ARCH (--dry-run prints them all).
+    Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and exits; --resume continues it.
     Image tasks report test accuracy at the epoch of best validation accuracy (the paper's protocol).
     A NaN/inf loss stops the run with exit status 1, keeping its last finite checkpoint (see --skip-nonfinite).
     Under torchrun (or with --nproc) each process trains on its share of every batch (DistributedDataParallel);
     rank 0 writes the run directory, which resumes with any number of processes.
     """
-    from ..config import build_run, make_config
+    from ..config import build_run, check_applicable, make_config
     from ..training import Trainer
     from ..training.distributed import env_world, init_from_env, shutdown
     from ..training.trainer import check_milestones
 
+    check_applicable(task, arch, {k: v for k, v in opts.items()
+                                  if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE})
     try:
         cfg = make_config(task, arch, preset, **opts)
     except ValueError as e:
@@ -166,10 +170,12 @@ def _under_torchrun(nproc: int, args: list[str]) -> int:
 # --- eval --------------------------------------------------------------------------------------------------------
 @click.command("eval")
 @click.argument("checkpoint", metavar="MODEL", type=click.Path())
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "valid"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "valid"]),
+              help="Held-out split: image tasks' test set or validation images; synthetic tasks' test or "
+                   "validation draw.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data root (default as for train).")
 @click.option("--limit", type=click.IntRange(1), help="Evaluate the first N examples only.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @threads_option("CPU threads for torch, or for ONNX Runtime with a .onnx MODEL")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric name -> value.")
 def eval_cmd(checkpoint, split, data_dir, limit, device, threads, as_json):
