@@ -122,6 +122,10 @@ def test_resume_may_move_an_lr_drop_still_ahead_but_not_one_passed(tmp_path):
                           "error: --resume: --lr-milestones may only move the drops still ahead (the run is at 6, "
                           "its milestones are [20]), got [4]")
     assert {f: (run / f).read_bytes() for f in before} == before
+    assert_one_line_error(cli("train", *TINY_COPY, "--steps", "4", "--out", run, "--resume", "-q"),
+                          "error: --resume: the run is at step 6, past the budget asked for (step 4); give a larger "
+                          "--steps, or leave it out")
+    assert {f: (run / f).read_bytes() for f in before} == before
     r = cli("train", *TINY_COPY, "--steps", "9", "--lr-milestones", "8", "--out", run, "--resume", "-q")
     assert r.exit_code == 0, r.output
     lr = [rec["lr"] for rec in read_log(run) if "lr" in rec]

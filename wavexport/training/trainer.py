@@ -200,7 +200,8 @@ class Trainer:
                 self.splits["train"] = Split(tr.x[:cfg.limit], tr.y[:cfg.limit])
             self.splits = {k: Split(v.x.to(self.device), v.y.to(self.device)) for k, v in self.splits.items()}
         if resumed:
-            moved = self._moved_milestones(resumed)  # checked before _restore touches the run directory
+            self._check_budget(resumed)  # these two checks come before _restore touches the run directory
+            moved = self._moved_milestones(resumed)
             self._restore(resumed)
             if moved is not None:
                 self.sched.milestones = collections.Counter(moved)
@@ -255,6 +256,15 @@ class Trainer:
         if self.world.is_main and log.exists():
             lines = log.read_text().splitlines(keepends=True)[: self.progress["log_lines"]]
             atomic_write(log, lambda tmp: Path(tmp).write_text("".join(lines)))
+
+    def _check_budget(self, ck: Checkpoint) -> None:
+        """A resumed run's budget may grow or shrink, but not to before the step it is at: that would end the run
+        without a step and write its checkpoint with a budget its own history has passed."""
+        done, total = int(ck.progress.get("step", 0)), self.total_steps()
+        if total < done:
+            unit = "--epochs/--steps" if self.is_dataset else "--steps"
+            raise TrainingError(f"--resume: the run is at step {done}, past the budget asked for (step {total}); "
+                                f"give a larger {unit}, or leave it out")
 
     def _moved_milestones(self, ck: Checkpoint) -> list[int] | None:
         """The LR milestones a resumed run moves to, or None if they stay: a run may move the drops it has not
