@@ -154,18 +154,24 @@ class Contract:
         """Raw samples -> model inputs [batch, T, n_in] float32: positions reordered by ``input.permutation``
         (step t reads raw position ``permutation[t]``), then values multiplied by ``input.scale``.
 
-        ``raw`` is [batch, T, n_in], or [batch, T] when n_in is 1 (e.g. MNIST's 784 raster-order pixels, uint8).
+        ``raw`` is [batch, T, n_in], or [batch, T] when n_in is 1 (e.g. MNIST's 784 raster-order pixels, uint8), or
+        one sequence: [T] when n_in is 1, or any array of exactly seq_len values (a 28x28 image, read in raster
+        order). Returns [batch, T, n_in]; one sequence gives batch 1.
         """
         a = np.asarray(raw)
+        if self.input_size == 1 and a.ndim < 3 and a.size == self.seq_len:
+            a = a.reshape(1, self.seq_len)  # one sequence, whatever its shape ([784], [28, 28], [1, 784])
         if a.ndim == 2 and self.input_size == 1:
             a = a[..., None]
         if a.ndim != 3 or a.shape[-1] != self.input_size:
             raise ContractError(f"raw input of shape {tuple(a.shape)}: expected [batch, T, {self.input_size}]"
-                                + (" or [batch, T]" if self.input_size == 1 else ""))
+                                + (f", [batch, T] or one sequence of {self.seq_len} values" if self.input_size == 1
+                                   else ""))
         if self.permutation is not None:
             if a.shape[1] != len(self.permutation):
                 raise ContractError(f"raw input has {a.shape[1]} positions; the permutation has "
-                                    f"{len(self.permutation)}")
+                                    f"{len(self.permutation)} (one sequence: {self.seq_len} values; a batch: "
+                                    f"[batch, {self.seq_len}])")
             a = a[:, np.asarray(self.permutation, dtype=np.int64)]
         return (a.astype(np.float32) * np.float32(self.input_scale)).astype(np.float32)
 
