@@ -1,8 +1,11 @@
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,6 +184,18 @@ def test_clear_errors(tmp_path):
                           "other.pt is not a wavexport checkpoint (no 'wavexport.checkpoint/1' format tag)")
     assert_one_line_error(cli("train", "copy", "--arch", "irnn", "--channels", "4", "--dry-run"), "does not apply",
                           "error: option 'channels' does not apply to arch 'irnn' (it takes: hidden, ")
+
+
+def test_an_incomplete_mnist_folder_names_the_missing_files(tmp_path, data_dir):
+    from wavexport.tasks import DataError, load_mnist
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(Path(data_dir) / "MNIST" / "raw" / name, raw / name)
+    with pytest.raises(DataError, match=re.escape(f"MNIST is incomplete in {raw}: train-images-idx3-ubyte.gz, "
+                                                  "train-labels-idx1-ubyte.gz missing (expected ")):
+        load_mnist(tmp_path, download=False)
 
 
 def test_a_corrupt_mnist_test_file_is_a_clear_error(tmp_path, data_dir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from . import __version__
 from .config import TrainConfig
 from .core.errors import CheckpointError, ModelConfigError
-from .core.io import atomic_write
+from .core.io import atomic_write, file_format, file_head
 from .models import RecurrentModel, build_model
 from .tasks import Task, task_from_state
 
@@ -139,10 +140,18 @@ class Checkpoint:
                 raise CheckpointError(f"{path} is a directory without best.pt or checkpoint.pt")
         if not path.exists():
             raise CheckpointError(f"{path}: no such file")
+        _check_format(path)
         try:
             raw = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - zip, pickle and EOF errors all mean "not readable"
-            raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        except pickle.UnpicklingError as e:
+            if "weights only" not in str(e).lower():
+                raise CheckpointError(f"{path} is not a readable checkpoint (truncated or damaged: "
+                                      f"{_size(path)})") from None
+            raise CheckpointError(f"{path} is not a wavexport checkpoint (it holds Python objects, e.g. a whole "
+                                  "model saved with torch.save(model); a checkpoint holds only tensors and plain "
+                                  "data, and wavexport never runs a file's code)") from None
+        except Exception:  # noqa: BLE001 - zip, pickle and EOF errors of a torch file all mean "cut short or damaged"
+            raise CheckpointError(f"{path} is not a readable checkpoint (truncated or damaged: {_size(path)})") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a wavexport checkpoint (no '{FORMAT}' format tag)")
         stored = raw.get(DIGEST_KEY)  # files written before digests existed have none: they load as before
@@ -165,6 +174,32 @@ class Checkpoint:
                        **{k: v for k, v in raw.items() if k in known and v is not None})
         except TypeError as e:
             raise CheckpointError(f"{path} is damaged ({e})") from None
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size:,} bytes"
+    except OSError:
+        return "size unknown"
+
+
+def _check_format(path: Path) -> None:
+    """Refuse a file that is not a torch file by its first bytes, saying what it is instead (an ONNX model, an
+    empty file, text), rather than the error torch's unpickler stumbles into (``KeyError: 101``, wrong advice to
+    set ``weights_only=False``)."""
+    try:
+        kind = file_format(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if kind == "torch":
+        return
+    if kind == "onnx":
+        raise CheckpointError(f"{path} is not a wavexport checkpoint (it looks like an ONNX model: pass it where a "
+                              "model.onnx is expected, or rename it to .onnx)")
+    if kind == "empty":
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or empty: 0 bytes)")
+    raise CheckpointError(f"{path} is not a readable checkpoint (not a PyTorch file, which is a zip archive: this "
+                          f"one starts with {file_head(path)!r}; {_size(path)})")
 
 
 def run_complete(run_dir: str | os.PathLike, budget: dict | None = None) -> bool:

@@ -175,16 +175,18 @@ class DemoServer(ThreadingHTTPServer):
 
 def check_model(model_path) -> Path:
     """The model file, checked to be a wavexport export the page can stream (a step or sequence graph)."""
-    path = Path(model_path)
-    if not path.is_file():
-        raise DemoError(f"{path}: no such file")
     from .core.contract import read_contract
     from .core.errors import ContractError
+    from .core.io import check_onnx_file
+
+    path = Path(model_path)
+    check_onnx_file(path, DemoError)  # missing, a directory, a checkpoint: each said as such
 
     try:
-        read_contract(path)
-    except ContractError as e:
-        raise DemoError(f"{path}: {e}") from None
+        read_contract(str(path))
+    except ContractError as e:  # an unreadable file's message names the path already: name it once
+        msg = str(e)
+        raise DemoError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
     return path.resolve()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -36,20 +37,31 @@ def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, toleran
 
     \b
     The file appears only once it is complete and verified; a failed check writes nothing and exits non-zero.
+    OUT must end in .onnx, in an existing folder, and must not be the checkpoint itself.
     Verification: onnx.checker (full), then ONNX Runtime vs PyTorch over a chain of steps as long as the task's
     sequence at batch sizes other than the traced one (max abs error <= 1e-4), or for --quantize int8 the task
     metric on 1000 test samples (within 0.5 accuracy points of float32).
     """
     import torch
 
+    from ..checkpoint import RUN_FILES, load_checkpoint
+    from ..core.io import check_output
+    from ..exporters.onnx_export import parse_batch, parse_opset
     from ..exporters.pipeline import export_checkpoint
 
+    # The options and the checkpoint are checked first (their errors name what the user typed wrong); then, before
+    # any work, OUT: it ends in .onnx, sits in an existing folder, and is none of the files read (a run
+    # directory's checkpoints both, whichever of them the export picks).
+    opset, batch = parse_opset(opset), parse_batch(batch)
+    ckpt = load_checkpoint(checkpoint)
+    sources = [os.path.join(checkpoint, name) for name in RUN_FILES] if os.path.isdir(checkpoint) else [checkpoint]
+    check_output(out, [("the checkpoint", src) for src in sources], suffix=".onnx", what="OUT")
     torch.set_num_threads(threads)  # a batch of 1-8 sequences of a small model: 1 is the rule's answer
 
     def log(msg):
         click.echo(msg, err=True)
 
-    rep = export_checkpoint(checkpoint, out, mode=mode, opset=opset, batch=batch, quantize=quantize,
+    rep = export_checkpoint(ckpt, out, mode=mode, opset=opset, batch=batch, quantize=quantize,
                             verify=not no_verify, data_dir=data_dir, tolerance=tolerance,
                             log=log)
     for line in rep.lines():

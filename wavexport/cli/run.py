@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.io import check_onnx_file, check_output
 from .common import int_list, provider_option
 
 
@@ -20,13 +21,14 @@ def _session(path, threads=1, provider="cpu"):
 
 # --- run ---------------------------------------------------------------------------------------------------------
 @click.command("run")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--stream", "stream_mode", is_flag=True,
               help="Read one timestep per line from stdin, write one JSON line per step to stdout.")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False),
+@click.option("--input", "input_path", type=click.Path(),
               help="Batched offline run over a .npy of sequences [batch, T, n_in] (or [T, n_in]).")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False),
-              help="With --input: write all outputs [batch, T, n_out] to this .npy.")
+@click.option("--output", "output_path", type=click.Path(),
+              help="With --input: write all outputs [batch, T, n_out] to this .npy (not the model, not the input; "
+                   "its folder must exist).")
 @click.option("--raw", is_flag=True, help="Inputs are raw values: apply the model's input.scale (and, with "
               "--input, its input.permutation) first.")
 @click.option("--every", type=click.IntRange(1), default=1, show_default=True,
@@ -52,6 +54,11 @@ def run_cmd(model, stream_mode, input_path, output_path, raw, every, final, rese
     """
     if stream_mode == bool(input_path):
         raise click.UsageError("give exactly one of --stream or --input")
+    if output_path and not input_path:
+        raise click.UsageError("--output goes with --input (--stream writes its lines to stdout)")
+    check_onnx_file(model)
+    if output_path:  # before the run: a wrong --output must not cost the run, nor destroy the model or the input
+        check_output(output_path, [("MODEL", model), ("--input", input_path)], suffix=".npy", what="--output")
     sess = _session(model, threads, provider)
     c = sess.contract
     if stream_mode:
@@ -86,7 +93,7 @@ def run_cmd(model, stream_mode, input_path, output_path, raw, every, final, rese
             with open(tmp, "wb") as f:
                 np.save(f, ys[0] if single else ys)
 
-        atomic_write(output_path, write)
+        atomic_write(output_path, write, parents=False)
     summary = {"sequences": int(xs.shape[0]), "steps": int(xs.shape[1]), "output": output_path}
     last = ys[:, -1]
     finite = np.isfinite(last).all(-1)
@@ -101,7 +108,7 @@ def run_cmd(model, stream_mode, input_path, output_path, raw, every, final, rese
 
 # --- sample ------------------------------------------------------------------------------------------------------
 @click.command("sample")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--index", type=click.IntRange(0), default=0, show_default=True, help="Which test sample.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data root (image tasks).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic tasks: the draw.")
@@ -113,6 +120,7 @@ def sample_cmd(model, index, data_dir, seed):
     from ..core.contract import read_contract
     from ..evaluation import MAX_HELD_OUT, task_from_contract, test_stream
 
+    check_onnx_file(model)
     c = read_contract(model)
     if index >= MAX_HELD_OUT:
         raise InputError(f"--index must be below {MAX_HELD_OUT}")
@@ -128,7 +136,7 @@ def sample_cmd(model, index, data_dir, seed):
 
 # --- bench -------------------------------------------------------------------------------------------------------
 @click.command("bench")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--batch", "batches", default="1,64", show_default=True, callback=int_list,
               help="Comma-separated batch sizes.")
 @click.option("--steps", type=click.IntRange(10), default=2000, show_default=True, help="Timed steps per batch.")
@@ -142,6 +150,7 @@ def bench_cmd(model, batches, steps, chunk, threads, checkpoint, as_json, provid
     """Per-step latency (median, p90, p99) and throughput of an exported model, next to its eager PyTorch step."""
     if not batches or min(batches) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch")
+    check_onnx_file(model)
     from ..runtime.bench import bench
     from ..runtime.session import providers_for
 

@@ -1,5 +1,6 @@
-"""File I/O every layer shares: atomic writes (that never replace a device or a FIFO), checksums, reading a user's
-``.npy``, telling an ONNX path."""
+"""File I/O every layer shares: atomic writes (that never replace a device or a FIFO), the checks on an output a
+user names (never one of the command's inputs, never in a folder that is not there), checksums, reading a user's
+``.npy``, telling an ONNX path, and telling a checkpoint from an ONNX model by the first bytes."""
 from __future__ import annotations
 
 import errno
@@ -106,7 +107,36 @@ def _discard(tmp: str | None) -> None:
             pass
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
+def _how_to_write(path: Path) -> tuple[bool, int | None]:
+    """(written through, descriptor): through for a FIFO, a character device or one of this process's descriptors;
+    not for a regular file or nothing yet; anything else (a directory, a socket, a block device) is refused."""
+    fd = _descriptor(path)
+    try:
+        mode = _file_mode(path)
+    except OSError as e:  # a symlink loop, a path through a non-directory, no permission
+        raise _write_error(path, e) from None
+    if fd is not None or (mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode))):
+        return True, fd
+    if mode is not None and not stat.S_ISREG(mode):
+        raise FileWriteError(f"cannot write {path}: it is {_kind(mode)}, not a regular file")
+    return False, None
+
+
+def _link_target(path: Path) -> Path:
+    """Where a write lands: a symlink's target (the link stays), else the path itself."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+
+
+def _missing_parent(path: Path, target: Path) -> FileWriteError | None:
+    """The error for a path whose folder is not there (a typo must not become new folders), else None."""
+    parent = target.parent
+    if parent.is_dir():
+        return None
+    why = "is not a directory" if os.path.lexists(parent) else "does not exist"
+    return FileWriteError(f"cannot write {path}: the folder {parent} {why}")
+
+
+def atomic_write(path: str | os.PathLike, write, parents: bool = True) -> None:
     """Call ``write(tmp_path)``, then put the result at ``path``; raises :class:`FileWriteError` (one line: the path
     and the cause) for any file-system error, leaving no partial file and any previous file intact.
 
@@ -119,19 +149,18 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     - a FIFO, a character device (``/dev/null``, a terminal) or one of this process's descriptors
       (``/dev/stdout``, ``/dev/fd/N``): written to directly, never renamed over;
     - anything else (a directory, a socket, a block device): refused.
+
+    ``parents``: create missing folders (a run directory's files); False for a path a user typed, where a missing
+    folder is a typo and a :class:`FileWriteError`.
     """
     path = Path(path)
-    fd = _descriptor(path)
-    try:
-        mode = _file_mode(path)
-    except OSError as e:  # a symlink loop, a path through a non-directory, no permission
-        raise _write_error(path, e) from None
-    if fd is not None or (mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode))):
+    through, fd = _how_to_write(path)
+    if through:
         _write_through(path, write, fd)
         return
-    if mode is not None and not stat.S_ISREG(mode):
-        raise FileWriteError(f"cannot write {path}: it is {_kind(mode)}, not a regular file")
-    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    target = _link_target(path)
+    if not parents and (err := _missing_parent(path, target)):
+        raise err
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +176,41 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise _write_error(path, e) from None
     finally:
         _discard(tmp)
+
+
+def _same_file(a, b) -> bool:
+    """Whether two paths name one file: hard links and symlinks included (by inode), else by resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path: str | os.PathLike, inputs=(), suffix: str | None = None, what: str = "") -> None:
+    """Refuse, before any work is done, an output path a user named that would destroy something or land
+    somewhere unexpected; the write itself then goes through :func:`atomic_write`.
+
+    ``inputs``: ``(label, path)`` pairs the command reads: the output must not be any of them (also through a hard
+    link or a symlink). ``suffix``: what a regular-file output must end in, since the rest of the tool tells files
+    apart by suffix (``.onnx``: :func:`is_onnx_path`). The folder must exist. A FIFO, a character device or a
+    descriptor (``/dev/stdout``) is written through, so it needs no suffix; a directory, a socket or a block
+    device is refused.
+    """
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    for label, other in inputs:
+        if other is not None and os.path.lexists(other) and _same_file(path, other):
+            raise InputError(f"{name} is the same file as {label} {other}: writing it would destroy it; "
+                             "choose another output path")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory; give the path of the {suffix + ' ' if suffix else ''}file to write")
+    through, _ = _how_to_write(path)
+    if through:
+        return
+    if suffix and not path.name.lower().endswith(suffix):
+        raise InputError(f"{name} must end in {suffix} (wavexport tells its files apart by their suffix)")
+    if err := _missing_parent(path, _link_target(path)):
+        raise err
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
@@ -172,9 +236,60 @@ def is_onnx_path(path) -> bool:
     return os.fspath(path).lower().endswith(".onnx")
 
 
+# --- what a file holds, from its first bytes (cheap: an error message's worth of certainty) ----------------------
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_ONNX_NEXT_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}  # ModelProto fields 2-8, after ir_version (field 1)
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """A serialized ``ModelProto`` starts with its ir_version (field 1, a small varint), then its next field:
+    protobuf writers emit fields in number order, so every ONNX file from onnx.save or torch.onnx starts so."""
+    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 0x7F and head[2] in _ONNX_NEXT_TAGS
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """What a file holds, judged by its first 16 bytes: ``"torch"`` (a zip archive, as ``torch.save`` writes, or a
+    legacy pickle), ``"onnx"`` (a protobuf that starts as a ModelProto does), ``"empty"`` or ``"other"``. For
+    error messages that say what was passed instead of a decoder's complaint; raises ``OSError`` if unreadable."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty"
+    if head.startswith(ZIP_MAGIC) or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):  # pickle PROTO 2-5
+        return "torch"
+    return "onnx" if _looks_like_onnx(head) else "other"
+
+
+def file_head(path: str | os.PathLike, n: int = 12) -> bytes:
+    """The first ``n`` bytes (to show what a file that is neither format starts with)."""
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def check_onnx_file(path: str | os.PathLike, error=InputError) -> None:
+    """Refuse, with one line of type ``error``, a path where an ONNX model is expected that is missing, a directory
+    or a PyTorch checkpoint. Anything else is left to the ONNX reader (whose message says what is wrong)."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        raise error(f"{p} is a directory, not an ONNX model: give the path of a .onnx file")
+    if not os.path.isfile(p):
+        raise error(f"{p}: no such file")
+    try:
+        kind = file_format(p)
+    except OSError as e:
+        raise error(f"{p}: cannot read it ({e.strerror or e})") from None
+    if kind == "torch":
+        raise error(f"{p} is a PyTorch checkpoint, not an ONNX model: export it first (wavexport export {p} "
+                    "out.onnx)")
+    if kind == "empty":
+        raise error(f"{p} is not a readable ONNX file (empty: 0 bytes)")
+
+
 def read_npy(path: str | os.PathLike, what: str = "--input") -> np.ndarray:
     """One numeric array from a user's ``.npy`` file (``run --input``, ``plot --input``); never unpickles."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a directory, not a .npy file")
     if not p.is_file():
         raise InputError(f"{what} {p}: no such file")
     try:

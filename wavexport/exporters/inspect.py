@@ -5,8 +5,8 @@ import json
 import os
 
 from ..core.contract import BATCH_DIM, K_PERMUTATION, QUANT_NONE, Contract, read_metadata
-from ..core.errors import ContractError
-from ..core.errors import ExportError
+from ..core.errors import ContractError, ExportError
+from ..core.io import check_onnx_file
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -72,8 +72,7 @@ def describe(path) -> dict:
     import onnx
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ExportError(f"{path}: no such file")
+    check_onnx_file(path, ExportError)  # a directory or a checkpoint is named as such, not as corrupt protobuf
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf decode errors have no common base

@@ -188,7 +188,11 @@ def load_cifar10(root: str | os.PathLike, download: bool | None = None):
 
 
 def _missing_msg(what: str, folder: Path, files, tried_download: bool, err) -> str:
-    msg = f"{what} not found in {folder} (expected {', '.join(files)})."
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing and len(missing) < len(files):  # say which: evaluating on the test split needs the training files too
+        msg = f"{what} is incomplete in {folder}: {', '.join(missing)} missing (expected {', '.join(files)})."
+    else:
+        msg = f"{what} not found in {folder} (expected {', '.join(files)})."
     if tried_download:
         msg += f" Download failed: {err}."
     else:
