@@ -151,7 +151,11 @@ def test_a_checkpoint_where_an_onnx_model_is_expected_says_to_export_it(files):
         r = cli(*args)
         assert_one_line_error(r, needle)
         assert "DecodeError" not in r.output
-    assert snapshot(files) == before
+    # eval tells the kinds apart by the suffix: a checkpoint saved as .onnx is read as a model, and named for what it is
+    named = files / "ck-named.onnx"
+    named.write_bytes(ck.read_bytes())
+    assert_one_line_error(cli("eval", named), f"error: {named} is a PyTorch checkpoint, not an ONNX model")
+    assert snapshot(files) == {**before, named: ck.read_bytes()}
 
 
 # --- 4. a directory where a file is expected ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ContractError
+from .io import check_onnx_file
 
 # --- formats and tensor names -------------------------------------------------------------------------------------
 FORMAT_STEP = "step/1"
@@ -287,6 +288,7 @@ def read_metadata(model: Any) -> dict[str, str]:
     if isinstance(model, (str, os.PathLike)):
         import onnx
 
+        check_onnx_file(model, ContractError)  # a checkpoint or a directory is named as such, not as bad protobuf
         try:
             model = onnx.load(os.fspath(model), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf decode errors have no common base

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import ContractError, InputError, StreamError
+from ..core.io import check_onnx_file
 from ..core.contract import (BATCH_DIM, K_INPUT_SIZE, K_OUTPUT_SIZE, K_STATE_NAMES, K_STATE_SHAPES, Contract,
                              read_contract)
 
@@ -178,8 +179,7 @@ class StreamingSession(_Streamer):
 
         if isinstance(model, (str, os.PathLike)):
             self.path = source = os.fspath(model)
-            if not os.path.exists(self.path):
-                raise StreamError(f"{self.path}: no such file")
+            check_onnx_file(self.path, StreamError)  # missing, a directory, a checkpoint: each said as such
         else:
             self.path, source = "<in-memory model>", model.SerializeToString()
         self._ort = ort
