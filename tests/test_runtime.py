@@ -185,6 +185,10 @@ def test_stdin_protocol(lstm_copy):
     r = run_stream(model, ",".join(map(str, xs[0])) + "\n\n" + " , ".join(map(str, xs[0])) + "\n", "--final")
     out = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(out) == 2 and out[0] == out[1] and out[0]["step"] == 0
+    # --final reports the steps that carry the answer: copy's readout is its last 10 steps
+    assert read_contract(model).readout == "last:10"
+    r = run_stream(model, "\n".join([lines[0]] * 12) + "\n\n" + lines[0] + "\n", "--final")
+    assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [*range(2, 12), 0]
     # --every
     r = run_stream(model, "\n".join([lines[0]] * 7) + "\n", "--every", "3")
     assert [json.loads(x)["step"] for x in r.stdout.splitlines()] == [2, 5, 6]  # --every K: every K-th step, and always the last

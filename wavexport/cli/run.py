@@ -33,7 +33,8 @@ def _session(path, threads=1, provider="cpu"):
               "--input, its input.permutation) first.")
 @click.option("--every", type=click.IntRange(1), default=1, show_default=True,
               help="--stream: report every K-th step, and always the last step of each sequence.")
-@click.option("--final", is_flag=True, help="--stream: report only the last step of each sequence.")
+@click.option("--final", is_flag=True, help="--stream: report only the steps of each sequence that carry the answer (the last; "
+              "the last K for a last:K readout, e.g. copy's 10).")
 @click.option("--reset-on-blank/--no-reset-on-blank", default=True, show_default=True,
               help="--stream: a blank line ends the sequence and starts a new one from the initial state.")
 @click.option("--skip-bad", is_flag=True, help="--stream: report a malformed line on stderr and go on.")

@@ -6,6 +6,7 @@ Plain functions over any streamer, so a service can reuse them without the CLI. 
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import sys
@@ -94,23 +95,31 @@ def step_record(t: int, y: np.ndarray, kind: str) -> dict:
 def stream(sess, lines, out, every: int = 1, final: bool = False, reset_on_blank: bool = True,
            skip_bad: bool = False, scale: float | None = None, err=sys.stderr) -> int:
     """The stdin protocol: one timestep per line in, one JSON line per (reported) step out, flushed at once.
-    ``every`` K reports steps K-1, 2K-1, ... and always the last step of each sequence; ``final`` only the last.
+    ``every`` K reports steps K-1, 2K-1, ... and always the last step of each sequence; ``final`` only the steps
+    that carry the task's answer: the last, or the last K for a ``last:K`` readout (copy's 10 recalled symbols).
     Returns the number of bad lines skipped; raises StreamError on the first bad line unless ``skip_bad``."""
     kind = sess.contract.output_kind
     n_in = sess.n_in
     limit = max_line_chars(n_in)
     sess.reset(1)
-    t, last, last_sent, skipped = 0, None, False, 0
+    t, skipped = 0, 0
+    # The latest records, [record, sent]: a sequence's end reports those of its answer not reported yet.
+    tail: collections.deque = collections.deque(maxlen=(sess.contract.readout_steps or 1) if final else 1)
 
     def emit(rec):
         out.write(json.dumps(rec, allow_nan=False) + "\n")
         out.flush()
 
+    def flush_tail():
+        for item in tail:
+            if not item[1]:
+                emit(item[0])
+        tail.clear()
+
     def end_sequence():
-        nonlocal t, last
-        if last is not None and not last_sent:
-            emit(last)
-        t, last = 0, None
+        nonlocal t
+        flush_tail()
+        t = 0
         sess.reset(1)
 
     for lineno, (line, too_long) in enumerate(read_lines(lines, limit), 1):
@@ -134,12 +143,11 @@ def stream(sess, lines, out, every: int = 1, final: bool = False, reset_on_blank
         if scale is not None:
             x *= np.float32(scale)
         y = sess.step(x)
-        rec = step_record(t, y, kind)
+        item = [step_record(t, y, kind), False]
         t += 1
-        last, last_sent = rec, False
+        tail.append(item)
         if not final and t % every == 0:
-            emit(rec)
-            last_sent = True
-    if last is not None and not last_sent:
-        emit(last)
+            emit(item[0])
+            item[1] = True
+    flush_tail()
     return skipped
