@@ -357,6 +357,21 @@ def test_bench_reports_both_runtimes(lstm_copy):
     assert (rep["arch"], rep["task"], rep["format"]) == ("lstm", "copy", "step/1")
 
 
+def test_run_input_on_a_fixed_batch_export_takes_the_sequences_in_chunks_of_its_batch(lstm_copy, tmp_path):
+    export_checkpoint(lstm_copy["ckpt"], tmp_path / "b2.onnx", batch=2, verify=False)
+    xs = np.random.default_rng(3).random((3, 26, 10), dtype=np.float32)  # 3 = 2 + 1, the last chunk padded
+    np.save(tmp_path / "xs.npy", xs)
+    outs = {}
+    for name in ("b2.onnx", "dynamic"):
+        model = tmp_path / "b2.onnx" if name == "b2.onnx" else lstm_copy["step"]
+        r = CliRunner().invoke(main, ["run", str(model), "--input", str(tmp_path / "xs.npy"),
+                                      "--output", str(tmp_path / f"{name}.npy")])
+        assert r.exit_code == 0, r.output
+        outs[name] = np.load(tmp_path / f"{name}.npy")
+    assert outs["b2.onnx"].shape == (3, 26, 10)
+    assert np.abs(outs["b2.onnx"] - outs["dynamic"]).max() < 1e-5
+
+
 def test_ctrl_c_ends_a_command_with_status_130_and_one_word(lstm_copy):
     """Not click's "Aborted!" and status 1, which a script would read as a failed check."""
     import signal
@@ -382,9 +397,10 @@ def test_bench_refuses_a_checkpoint_of_another_model_and_a_batch_a_fixed_export_
     export_checkpoint(lstm_copy["ckpt"], tmp_path / "b1.onnx", batch=1, verify=False)
     r = CliRunner().invoke(main, ["bench", str(tmp_path / "b1.onnx"), "--batch", "1,4", "--steps", "10"])
     assert_one_line_error(r, "fixed batch of 1: bench it with --batch 1")
-    r = CliRunner().invoke(main, ["bench", str(tmp_path / "b1.onnx"), "--batch", "1", "--steps", "10", "--json"])
-    assert r.exit_code == 0, r.output
-    assert [x["batch"] for x in json.loads(r.output)["results"]] == [1]
+    for given in (["--batch", "1"], []):  # without --batch: the export's own batch
+        r = CliRunner().invoke(main, ["bench", str(tmp_path / "b1.onnx"), *given, "--steps", "10", "--json"])
+        assert r.exit_code == 0, r.output
+        assert [x["batch"] for x in json.loads(r.output)["results"]] == [1]
 
 
 def test_bench_api_with_the_checkpoint_and_the_two_steps_it_times_agree(lstm_copy):

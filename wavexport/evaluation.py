@@ -92,24 +92,26 @@ def model_predictor(model, task: Task, device=None) -> Callable[[torch.Tensor], 
     return predict
 
 
-def streamer_predictor(streamer) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A streamer (ONNX or torch) fed each batch from a fresh state. A model exported with a fixed batch is fed in
-    chunks of that batch, the last one padded with zeros."""
+def feed_sequences(streamer, xs) -> np.ndarray:
+    """Outputs [batch, T, n_out] of a streamer (ONNX or torch) fed the sequences ``xs`` from a fresh state. A model
+    exported with a fixed batch is fed in chunks of that batch, the last one padded with zeros."""
+    xs = np.asarray(xs, dtype=np.float32)
     fixed = streamer.contract.batch
+    step = fixed or len(xs)
+    outs = []
+    for i in range(0, len(xs), step):
+        chunk = xs[i:i + step]
+        n = len(chunk)
+        if fixed is not None and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
+        streamer.reset(len(chunk))
+        outs.append(streamer.feed(chunk)[:n])
+    return np.concatenate(outs)
 
-    def predict(xs):
-        xs = np.asarray(xs, dtype=np.float32)
-        step = fixed or len(xs)
-        outs = []
-        for i in range(0, len(xs), step):
-            chunk = xs[i:i + step]
-            n = len(chunk)
-            if fixed is not None and n < fixed:
-                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
-            streamer.reset(len(chunk))
-            outs.append(streamer.feed(chunk)[:n])
-        return torch.from_numpy(np.concatenate(outs))
-    return predict
+
+def streamer_predictor(streamer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A streamer (ONNX or torch) fed each batch from a fresh state (:func:`feed_sequences`)."""
+    return lambda xs: torch.from_numpy(feed_sequences(streamer, xs))
 
 
 def evaluate(predict, task: Task, batches: Batches, progress: Callable[[int], None] | None = None) -> dict:

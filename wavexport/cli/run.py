@@ -87,8 +87,9 @@ def run_cmd(model, stream_mode, input_path, output_path, raw, every, final, rese
                                "batch and T at least 1" + (" ([batch, T] raw values with --raw)" if raw else ""))
     if not np.issubdtype(xs.dtype, np.floating):
         raise InputError(f"{input_path}: dtype {xs.dtype}; raw integer data needs --raw")
-    sess.reset(xs.shape[0])
-    ys = sess.feed(xs.astype(np.float32))
+    from ..evaluation import feed_sequences
+
+    ys = feed_sequences(sess, xs)  # a fixed-batch export takes them in chunks of its batch
     if output_path:
         def write(tmp):
             with open(tmp, "wb") as f:
@@ -138,18 +139,18 @@ def sample_cmd(model, index, data_dir, seed):
 # --- bench -------------------------------------------------------------------------------------------------------
 @click.command("bench")
 @click.argument("model", type=click.Path())
-@click.option("--batch", "batches", default="1,64", show_default=True, callback=int_list,
-              help="Comma-separated batch sizes.")
+@click.option("--batch", "batches", callback=int_list, metavar="N[,N...]",
+              help="Comma-separated batch sizes [default: 1,64; a fixed-batch export: its batch].")
 @click.option("--steps", type=click.IntRange(10), default=2000, show_default=True, help="Timed steps per batch.")
 @click.option("--chunk", type=click.IntRange(1), default=64, show_default=True, help="Steps per feed() call.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Threads for ORT and torch.")
 @click.option("--checkpoint", type=click.Path(), help="Time the torch step with these weights (default: the "
               "same architecture, freshly initialised: the same work per step).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
 @provider_option
 def bench_cmd(model, batches, steps, chunk, threads, checkpoint, as_json, provider):
     """Per-step latency (median, p90, p99) and throughput of an exported model, next to its eager PyTorch step."""
-    if not batches or min(batches) < 1:
+    if batches is not None and (not batches or min(batches) < 1):
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch")
     check_onnx_file(model)
     from ..runtime.bench import bench

@@ -33,8 +33,9 @@ def _canonical(model_config: dict) -> str:
     return json.dumps(model_config, sort_keys=True)
 
 
-def bench(path, batches=(1,), steps=2000, chunk=64, threads=1, checkpoint=None, providers=None) -> dict:
-    """Per-step latency of the ONNX session and of the eager PyTorch step of the same model, in one run."""
+def bench(path, batches=None, steps=2000, chunk=64, threads=1, checkpoint=None, providers=None) -> dict:
+    """Per-step latency of the ONNX session and of the eager PyTorch step of the same model, in one run, at each of
+    ``batches`` (default: 1 and 64, or the batch of a fixed-batch export)."""
     import torch
 
     from ..checkpoint import load_checkpoint
@@ -42,6 +43,8 @@ def bench(path, batches=(1,), steps=2000, chunk=64, threads=1, checkpoint=None, 
 
     sess = StreamingSession(path, providers=providers, threads=threads)
     c = sess.contract
+    if batches is None:
+        batches = (1, 64) if c.batch is None else (c.batch,)
     if c.batch is not None and any(b != c.batch for b in batches):
         raise ContractError(f"{path} was exported with a fixed batch of {c.batch}: bench it with --batch {c.batch}")
     torch.set_num_threads(threads)
