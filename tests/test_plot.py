@@ -241,7 +241,8 @@ def test_cli_errors_are_one_line(tmp_path):
     ck = make_checkpoint(tmp_path / "c.pt", task="adding", seq=20)
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
     assert_one_line_error(cli("plot", "speed", tmp_path / "m.onnx"), "not a wavexport export",
-                          "error: not a wavexport export: metadata lacks wavexport.format, wavexport.version, task")
+                          f"error: {tmp_path / 'm.onnx'}: not a wavexport export: it carries none of wavexport's "
+                          "metadata")
     assert_one_line_error(cli("plot", "speed", tmp_path / "nope.pt"), "no such file",
                           f"error: {tmp_path / 'nope.pt'}: no such file")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

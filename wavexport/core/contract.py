@@ -229,6 +229,9 @@ class Contract:
     def from_metadata(cls, meta: dict[str, str]) -> "Contract":
         """Parse and validate; raises :class:`ContractError` naming the first bad or missing key."""
         missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if len(missing) == len(REQUIRED_KEYS):
+            raise ContractError("not a wavexport export: it carries none of wavexport's metadata (an ONNX model "
+                                "from elsewhere, or one whose metadata was stripped)")
         if missing:
             raise ContractError(f"not a wavexport export: metadata lacks {', '.join(missing)}")
 
@@ -298,7 +301,11 @@ def read_metadata(model: Any) -> dict[str, str]:
 
 def read_contract(model: Any) -> Contract:
     """The validated :class:`Contract` of an exported model (a path or a ``ModelProto``)."""
-    return Contract.from_metadata(read_metadata(model))
+    meta = read_metadata(model)
+    try:
+        return Contract.from_metadata(meta)
+    except ContractError as e:
+        raise ContractError(f"{model}: {e}" if isinstance(model, (str, os.PathLike)) else str(e)) from None
 
 
 def write_metadata(model, contract: Contract) -> None:

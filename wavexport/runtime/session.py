@@ -190,7 +190,10 @@ class StreamingSession(_Streamer):
             read_contract(model)  # a file that is not ONNX, or not ours, is reported as such
             raise StreamError(f"{self.path}: ONNX Runtime cannot load it ({str(e)[:200]})") from None
         # The contract from ORT's own copy of the metadata: the file is read once, and onnx is not needed here.
-        self.contract = Contract.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            self.contract = Contract.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        except ContractError as e:
+            raise ContractError(f"{self.path}: {e}") from None
         self._check_graph()
         cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = ("cuda", 0) if cuda else ("cpu", 0)
