@@ -159,5 +159,5 @@ def format_text(d: dict) -> str:
         out.append("usage:")
         out += [f"  {line}" for line in d["usage"]]
     else:
-        out.append(f"not a wavexport export: {d['contract_error']}")
+        out.append(d["contract_error"])
     return "\n".join(out)
