@@ -186,6 +186,15 @@ def test_clear_errors(tmp_path):
                           "error: option 'channels' does not apply to arch 'irnn' (it takes: hidden, ")
 
 
+def test_eval_of_a_run_without_best_pt_says_it_evaluates_the_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    assert cli("train", *TINY_COPY, "--steps", "2", "--eval-every", "2", "--out", run, "-q").exit_code == 0
+    (run / "best.pt").unlink()  # as after a run stopped before its first evaluation
+    r = cli("eval", run, "--limit", "8")
+    assert r.exit_code == 0, r.output
+    assert f"note: {run} has no best.pt yet (no evaluation so far): evaluating its checkpoint.pt, step 2" in r.stderr
+
+
 def test_an_incomplete_mnist_folder_names_the_missing_files(tmp_path, data_dir):
     from wavexport.tasks import DataError, load_mnist
 

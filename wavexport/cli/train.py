@@ -208,6 +208,9 @@ def eval_cmd(checkpoint, split, data_dir, limit, device, threads, as_json):
         from ..evaluation import EVAL_BATCH, evaluate_checkpoint
 
         ckpt = Checkpoint.load(checkpoint)
+        if os.path.isdir(checkpoint) and ckpt.path and os.path.basename(ckpt.path) != "best.pt":
+            click.echo(f"note: {checkpoint} has no best.pt yet (no evaluation so far): evaluating its "
+                       f"{os.path.basename(ckpt.path)}, step {ckpt.progress.get('step', '?')}", err=True)
         set_torch_threads(threads, ckpt.model_config, EVAL_BATCH)
         name = f"{ckpt.task_name}/{ckpt.arch}"
         with tqdm(desc="eval", unit="seq", disable=as_json, leave=False) as bar:
