@@ -2,6 +2,24 @@
 against the PyTorch model over a chain of steps as long as the task's sequence, at batch sizes other than the
 traced one. A step export is run step by step with its state fed back, so the error of the state it hands on is
 what is measured, not one step from a clean state.
+
+Parity passes on either of two criteria, per quantity (every step's output; the final state):
+
+* **absolute**: max |ORT - torch| <= ``tolerance`` (1e-4 unless ``--tolerance``). Checked first; most models pass.
+* **float32-limited**, tried only for a quantity that misses the absolute bound: against a float64 run of the same
+  model on the same inputs (the exact result of the float32 weights), ONNX Runtime's max error is at most
+  ``FP64_RATIO`` (2) times PyTorch float32's own, and PyTorch's own is at most ``FP64_REL`` (1e-3) x max(1, max
+  |value|). The first says the graph is as exact as the reference implementation; the second that float32 still
+  follows the model at all (a chaotic or diverging float32 run proves nothing, and fails). An absolute bound cannot
+  be met in float32 once activations are large: float32 resolves ~6e-8 of a value, i.e. 6e-5 at 1e3.
+  PyTorch's own error is counted as at least ``FP64_FLOOR`` (8 float32 eps) x max(1, max |value|): when both
+  runtimes are a few ulps off, which one's max lands an ulp or two higher is chance (measured on tiny wRNNs/iRNNs
+  with large activations: ORT/own up to 3.3 and 9.8, while ORT stayed within 8.7 eps x max |value|).
+
+PyTorch's own error is the larger of its batched run and its run of each sequence alone: it picks different float32
+kernels for one sequence and for several, whose results differ by as much as ONNX Runtime's do (measured on the
+psMNIST 16x256 model: ONNX Runtime's state is bit-identical to PyTorch's one-sequence run, 1e-4 off its batch-3
+run), and both are PyTorch's own float32 rounding.
 """
 from __future__ import annotations
 
@@ -20,8 +38,64 @@ from ..runtime.session import StreamingSession
 from .onnx_export import TRACE_BATCH, count_scan_nodes
 
 TOL_FP32 = 1e-4            # absolute, on every step's output and on the final state
+FP64_RATIO = 2.0           # float32-limited: ORT's error vs float64 <= this x PyTorch float32's own error ...
+FP64_REL = 1e-3            # ... and PyTorch's own error <= this x max(1, max |value|) (float32 still follows the model)
+FP64_FLOOR = 8 * float(np.finfo(np.float32).eps)  # ... PyTorch's own error counted as at least this x max(1, |value|)
+CHANCE_RATIO = 10.0        # a failed ratio below this may be a sensitive model's chance; the message says so
+CRITERION_ABSOLUTE = "absolute"
+CRITERION_FP32_LIMITED = "float32-limited"
+QUANTITIES = ("outputs", "final state")
 PARITY_BATCHES = (1, 3)    # dynamic-batch exports are traced at TRACE_BATCH and run at these
 PARITY_SEED = 1234
+
+
+@dataclass
+class Float64Check:
+    """One quantity (every step's output, or the final state) of one batch against a float64 run of the model."""
+    onnxruntime: float      # max |ORT - float64|
+    pytorch: float          # max |PyTorch float32 - float64|: the larger of its batched and one-sequence runs
+    values: float           # max |float64 value|
+
+    @property
+    def own_bound(self) -> float:
+        """The most PyTorch float32 may be off for it to count as following the model at all."""
+        return FP64_REL * max(1.0, self.values)
+
+    @property
+    def allowed(self) -> float:
+        """The most ONNX Runtime may be off: FP64_RATIO x PyTorch's own error, that counted as at least a few
+        float32 ulps of the values (below that, which runtime's max lands an ulp higher is chance)."""
+        return FP64_RATIO * max(self.pytorch, FP64_FLOOR * max(1.0, self.values))
+
+    @property
+    def ok(self) -> bool:
+        """float32-limited: ORT as exact as PyTorch (within FP64_RATIO x), and PyTorch itself still close."""
+        return self.pytorch <= self.own_bound and self.onnxruntime <= self.allowed
+
+    def why_not(self, name: str) -> str:
+        if not self.pytorch <= self.own_bound:
+            return (f"on the {name}, PyTorch float32 itself is off by more than {FP64_REL:.0e} x max(1, |value|) "
+                    f"= {self.own_bound:.2e}: float32 does not follow this model over the chain (diverging or "
+                    "chaotic dynamics), so agreeing with it proves nothing; accept it explicitly with --tolerance, "
+                    "or skip checks with --no-verify")
+        own = self.allowed / FP64_RATIO
+        times = self.onnxruntime / own
+        return (f"on the {name}, ONNX Runtime is off by {self.onnxruntime:.2e}, {times:.2g}x PyTorch float32's own "
+                f"error of {self.pytorch:.2e}" + (f" (counted as {own:.2e}, float32's resolution)"
+                                                   if own > self.pytorch else "")
+                + f", where at most {FP64_RATIO:g}x is allowed: the graph computes something other than the model"
+                + (", or the model amplifies float32 rounding so much that two float32 runs differ by chance"
+                   if times < CHANCE_RATIO else ""))
+
+    def as_dict(self) -> dict:
+        return {"onnxruntime": self.onnxruntime, "pytorch": self.pytorch, "values": self.values,
+                "allowed": self.allowed, "pytorch_bound": self.own_bound, "ok": self.ok}
+
+    def merge(self, other: "Float64Check | None") -> "Float64Check":
+        if other is None:
+            return self
+        return Float64Check(max(self.onnxruntime, other.onnxruntime), max(self.pytorch, other.pytorch),
+                            max(self.values, other.values))
 
 
 @dataclass
@@ -33,11 +107,26 @@ class ParityReport:
     worst: str = ""                 # where max_err_y was found
     tolerance: float = TOL_FP32
     per_batch: dict = field(default_factory=dict)
-    diagnosis: str = ""             # on failure: how far float32 PyTorch itself is from float64
+    diagnosis: str = ""             # on failure: how far float32 PyTorch itself is from float64, and why it failed
+    # Against float64, for each quantity ("outputs", "final state") that missed the tolerance at some batch: the
+    # max over those batches (the verdict itself is taken per batch, in per_batch[b]["float64"]).
+    float64: dict = field(default_factory=dict)
+    limited_ok: bool = True         # every quantity that missed the tolerance passed the float32-limited criterion
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.max_err_y <= self.tolerance and self.max_err_state <= self.tolerance
 
     @property
     def ok(self) -> bool:
-        return self.max_err_y <= self.tolerance and self.max_err_state <= self.tolerance
+        return self.within_tolerance or (self.limited_ok and bool(self.float64))
+
+    @property
+    def criterion(self) -> str:
+        """Which criterion passed: ``absolute`` or ``float32-limited``; "" when the check failed."""
+        if self.within_tolerance:
+            return CRITERION_ABSOLUTE
+        return CRITERION_FP32_LIMITED if self.ok else ""
 
     def summary(self) -> str:
         s = (f"ONNX Runtime vs PyTorch over {self.steps} chained steps at batch "
@@ -45,7 +134,21 @@ class ParityReport:
              f"{self.max_err_state:.2e} (tolerance {self.tolerance:.0e})")
         if not self.ok:
             s += f" FAILED {self.worst}" + (f"; {self.diagnosis}" if self.diagnosis else "")
+        elif self.criterion == CRITERION_FP32_LIMITED:
+            figs = "; ".join(f"{name}: ONNX Runtime off by {c.onnxruntime:.2e} (at most {c.allowed:.2e} allowed), "
+                             f"PyTorch float32 by {c.pytorch:.2e} (values up to {c.values:.2e})"
+                             for name, c in self.float64.items())
+            s += (f"; passed as {CRITERION_FP32_LIMITED}: vs a float64 run, {figs}; allowed: {FP64_RATIO:g}x "
+                  f"PyTorch float32's own error (at least {FP64_FLOOR / np.finfo(np.float32).eps:g} float32 eps x "
+                  f"max(1, |value|)), which must be within {FP64_REL:.0e} x max(1, |value|)")
         return s
+
+    def as_dict(self) -> dict:
+        """Every figure, for programs (JSON-serialisable)."""
+        return {"criterion": self.criterion, "ok": self.ok, "steps": self.steps, "batches": list(self.batches),
+                "tolerance": self.tolerance, "max_err_outputs": self.max_err_y, "max_err_final_state":
+                self.max_err_state, "float64": {k: v.as_dict() for k, v in self.float64.items()},
+                "float64_ratio": FP64_RATIO, "float64_rel": FP64_REL, "float64_floor": FP64_FLOOR}
 
 
 def session(model, threads: int = 1) -> StreamingSession:
@@ -125,9 +228,10 @@ def torch_chain(model, xs: torch.Tensor):
 
 
 def _abs_err(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """|got - ref| in float64, infinite wherever ``got`` is not finite (NaN would slip through ``max``)."""
-    err = np.abs(got.astype(np.float64) - ref)
-    return np.where(np.isfinite(got), err, np.inf)
+    """|got - ref| in float64, infinite wherever either is not finite (NaN would slip through ``max``)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got.astype(np.float64) - ref)
+    return np.where(np.isfinite(got) & np.isfinite(ref), err, np.inf)
 
 
 def ort_chain(sess: StreamingSession, xs: np.ndarray, keep_all: bool = True):
@@ -141,7 +245,7 @@ def ort_chain(sess: StreamingSession, xs: np.ndarray, keep_all: bool = True):
 
 def parity(sess, model, task, contract: Contract, batches=None, tolerance: float = TOL_FP32) -> ParityReport:
     """Max |ORT - torch| over every step's output and the final state, for each batch size, over the full
-    task-length sequence."""
+    task-length sequence; a quantity over ``tolerance`` is then judged against float64 (the module docstring)."""
     if batches is None:
         batches = (contract.batch,) if contract.batch is not None else PARITY_BATCHES
     rep = ParityReport(steps=task.seq_len, batches=tuple(batches), tolerance=tolerance)
@@ -160,26 +264,55 @@ def parity(sess, model, task, contract: Contract, batches=None, tolerance: float
         rep.max_err_y = max(rep.max_err_y, e_y)
         rep.max_err_state = max(rep.max_err_state, e_s)
         rep.per_batch[b] = {"max_err_y": e_y, "max_err_state": e_s}
-        if (e_y > tolerance or e_s > tolerance) and not rep.diagnosis:
-            rep.diagnosis = _diagnose(model, xs, ref_y, ref_s, got_y, got_s, tolerance)
+        over = [name for name, e in zip(QUANTITIES, (e_y, e_s)) if not e <= tolerance]
+        if not over:
+            continue
+        checks = float64_checks(model, xs, ref_y, ref_s, got_y, got_s)
+        rep.per_batch[b]["float64"] = {name: checks[name].as_dict() for name in over}
+        for name in over:
+            rep.float64[name] = checks[name].merge(rep.float64.get(name))
+        failed = [name for name in over if not checks[name].ok]
+        if failed and rep.limited_ok:
+            rep.limited_ok = False
+            rep.diagnosis = _diagnose(checks, failed[0])
     return rep
 
 
-def _diagnose(model, xs, ref_y, ref_s, got_y, got_s, tolerance) -> str:
-    """Tell a wrong graph from a model that float32 cannot run to ``tolerance``: compare both runtimes with a
-    float64 PyTorch run. If PyTorch's own float32 error is as large, the graph is faithful and the activations
-    are simply too large (or the dynamics too sensitive) for an absolute bound in float32."""
+def _own_runs(model, xs, ref_y, ref_s):
+    """PyTorch float32's runs of ``xs``: the batched one, and (for several sequences) each sequence alone."""
+    runs = [(ref_y, ref_s)]
+    if xs.shape[0] > 1:
+        one = [torch_chain(model, xs[i:i + 1]) for i in range(xs.shape[0])]
+        runs.append((np.concatenate([y for y, _ in one]),
+                     tuple(np.concatenate(parts) for parts in zip(*(s for _, s in one)))))
+    return runs
+
+
+def float64_checks(model, xs, ref_y, ref_s, got_y, got_s) -> dict:
+    """Both runtimes against a float64 PyTorch run of the same model (its float32 weights, exactly) on the same
+    inputs, per quantity: {"outputs": Float64Check, "final state": Float64Check}."""
     m64 = copy.deepcopy(model).double()
     y64, s64 = torch_chain(m64, xs.double())
-    own = max(float(np.abs(ref_y - y64).max()), *(float(np.abs(r - e).max()) for r, e in zip(ref_s, s64)))
-    ort = max(float(np.abs(got_y - y64).max()), *(float(np.abs(g - e).max()) for g, e in zip(got_s, s64)))
-    mag = max(float(np.abs(y64).max()), *(float(np.abs(e).max()) for e in s64))
-    msg = (f"vs a float64 run, PyTorch float32 is off by {own:.2e} and ONNX Runtime by {ort:.2e} "
-           f"(values up to {mag:.2e})")
-    if own > tolerance and ort <= 4 * own:
-        msg += (": the graph is as exact as PyTorch itself, but this model's float32 rounding exceeds the "
-                "tolerance; accept it explicitly with --tolerance, or skip checks with --no-verify")
-    return msg
+    runs = _own_runs(model, xs, ref_y, ref_s)
+
+    def state_err(got):
+        return max(float(_abs_err(g, e).max()) for g, e in zip(got, s64))
+
+    return {
+        "outputs": Float64Check(float(_abs_err(got_y, y64).max()),
+                                max(float(_abs_err(y, y64).max()) for y, _ in runs), float(np.abs(y64).max())),
+        "final state": Float64Check(state_err(got_s), max(state_err(s) for _, s in runs),
+                                    max(float(np.abs(e).max()) for e in s64)),
+    }
+
+
+def _diagnose(checks: dict, failed: str) -> str:
+    """Why the float32-limited criterion did not pass: both runtimes' distance from float64, and the reason."""
+    own = max(c.pytorch for c in checks.values())
+    ort = max(c.onnxruntime for c in checks.values())
+    mag = max(c.values for c in checks.values())
+    return (f"vs a float64 run, PyTorch float32 is off by {own:.2e} and ONNX Runtime by {ort:.2e} "
+            f"(values up to {mag:.2e}): " + checks[failed].why_not(failed))
 
 
 def verify_fp32(path, model, task, contract: Contract, tolerance: float = TOL_FP32) -> ParityReport:
@@ -193,5 +326,6 @@ def verify_fp32(path, model, task, contract: Contract, tolerance: float = TOL_FP
     return rep
 
 
-__all__ = ["TOL_FP32", "PARITY_BATCHES", "TRACE_BATCH", "ParityReport", "session", "check_file", "check_io",
-           "parity_inputs", "torch_chain", "ort_chain", "parity", "verify_fp32"]
+__all__ = ["TOL_FP32", "FP64_RATIO", "FP64_REL", "FP64_FLOOR", "CRITERION_ABSOLUTE", "CRITERION_FP32_LIMITED",
+           "PARITY_BATCHES", "TRACE_BATCH", "Float64Check", "ParityReport", "float64_checks", "session", "check_file",
+           "check_io", "parity_inputs", "torch_chain", "ort_chain", "parity", "verify_fp32"]
