@@ -208,7 +208,9 @@ def test_metadata_alone_builds_the_inputs_and_the_state(tmp_path):
     cfg = load_checkpoint(ck).model_config
     assert meta["wavexport.format"] == "step/1" and meta["task"] == "psmnist" and meta["arch"] == "wrnn"
     assert json.loads(meta["model.config"]) == cfg
-    assert json.loads(meta["metrics"]) == {"test_loss": 2.25, "test_acc": 0.125}
+    # the test metrics (not validation's), and the held-out draw they came from: the run's seed (psMNIST: no count)
+    assert json.loads(meta["metrics"]) == {"test_loss": 2.25, "test_acc": 0.125,
+                                           "eval_seed": load_checkpoint(ck).train_config.seed}
     assert meta["source.sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
     assert (meta["state.init"], meta["output.kind"], meta["task.readout"]) == ("zeros", "logits", "last")
     assert (meta["input.size"], meta["output.size"], meta["task.seq_len"]) == ("1", "10", "784")

@@ -314,6 +314,21 @@ def test_eval_of_a_synthetic_onnx_export_scores_the_checkpoints_held_out_draw(ls
     assert ox["acc"] == ck["acc"] and abs(ox["loss"] - ck["loss"]) < 1e-5
 
 
+def test_eval_of_an_export_scores_by_default_the_draw_its_metrics_came_from(tmp_path):
+    # seed 1 and 24 held-out sequences: not eval's defaults for a bare ONNX file (seed 0, 1,000)
+    cfg = make_config("copy", "lstm", "quick", seq=6, hidden=5, steps=3, eval_every=3, eval_batch=24, seed=1)
+    Trainer(cfg, tmp_path / "run", quiet=True).run()
+    export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "m.onnx", verify=False)
+    assert {k: v for k, v in read_contract(tmp_path / "m.onnx").metrics.items() if k.startswith("eval_")} == \
+        {"eval_seed": 1, "eval_n": 24}
+    runner = CliRunner()
+    ck = json.loads(runner.invoke(main, ["eval", str(tmp_path / "run"), "--json"]).output)
+    ox = json.loads(runner.invoke(main, ["eval", str(tmp_path / "m.onnx"), "--json"]).output)
+    assert ck["n"] == ox["n"] == 24
+    assert abs(ox["loss"] - ck["loss"]) < 1e-5
+    assert abs(ox["loss"] - load_checkpoint(tmp_path / "run" / "best.pt").metrics["test_loss"]) < 1e-5
+
+
 @pytest.mark.slow
 def test_eval_of_a_fixed_batch_export(psmnist, tmp_path):
     export_checkpoint(psmnist["ckpt"], tmp_path / "b4.onnx", batch=4, verify=False)

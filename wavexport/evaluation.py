@@ -159,10 +159,24 @@ def evaluate_checkpoint(ckpt, split: str = "test", data_dir=None, limit: int | N
     return evaluate(model_predictor(model, task, dev), task, stream, progress)
 
 
+def held_out_draw(train_config: TrainConfig, task: Task) -> dict:
+    """Which held-out data a run's test metrics were measured on, for an export's metadata (next to the metrics):
+    the run's seed (it seeds the synthetic draw and nscifar10's noise) and, for a synthetic task, the number of
+    sequences. ``eval`` of the exported file scores the same data by default, so it reproduces the metrics."""
+    draw = {"eval_seed": int(train_config.seed)}
+    if task.kind == "synthetic":
+        draw["eval_n"] = int(default_eval_size(task, train_config))
+    return draw
+
+
 def evaluate_export(streamer, n: int | None = None, data_dir=None,
                     progress: Callable[[int], None] | None = None) -> dict:
-    """An exported model's task metric on the test data of seed 0, rebuilt from its metadata alone (the real test
-    split for image tasks; the held-out stream for synthetic ones: what a checkpoint of seed 0 is scored on)."""
-    task = task_from_contract(streamer.contract)
-    n = n or default_eval_size(task)
-    return evaluate(streamer_predictor(streamer), task, test_stream(task, 0, "test", n=n, data_dir=data_dir), progress)
+    """An exported model's task metric on the test data its metadata's metrics were measured on (the run's seed and,
+    for a synthetic task, its number of sequences: :func:`held_out_draw`; seed 0 and the default size for a file
+    without them), the task rebuilt from the metadata alone."""
+    c = streamer.contract
+    task = task_from_contract(c)
+    seed = int(c.metrics.get("eval_seed", 0))
+    n = n or c.metrics.get("eval_n") or default_eval_size(task)
+    return evaluate(streamer_predictor(streamer), task, test_stream(task, seed, "test", n=n, data_dir=data_dir),
+                    progress)

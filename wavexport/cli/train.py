@@ -199,7 +199,7 @@ def eval_cmd(checkpoint, split, data_dir, limit, device, threads, as_json):
             threads = auto_threads(EVAL_BATCH * step_flops(read_contract(checkpoint).model_config))
         sess = StreamingSession(checkpoint, providers=providers_for(provider), threads=threads or 1)
         c = sess.contract
-        total = limit or default_eval_size(task_from_contract(c)) or 10_000
+        total = limit or c.metrics.get("eval_n") or default_eval_size(task_from_contract(c)) or 10_000
         with tqdm(total=total, desc="eval (onnx)", unit="seq", disable=as_json, leave=False) as bar:
             metrics = evaluate_export(sess, limit, data_dir, progress=bar.update)
         name = f"{c.task}/{c.arch} ({os.path.basename(checkpoint)}, onnx)"

@@ -18,6 +18,7 @@ from ..checkpoint import load_checkpoint
 from ..core.contract import FORMATS, QUANT_NONE, Contract, write_metadata
 from ..core.io import atomic_write, file_digest
 from ..core.errors import ExportError, VerificationError
+from ..evaluation import held_out_draw
 from .onnx_export import DEFAULT_OPSET, export_step_graph, parse_batch, parse_opset, sequence_from_step
 from .quantize import (METHOD_NAMES, QuantReport, calibration_feeds, check_int8, compare_int8, quant_data,
                        quantize_step_int8, time_per_step)
@@ -94,7 +95,8 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
     model, task = ckpt.build()
-    contract = Contract.for_model(model, task, mode, batch, metrics=ckpt.test_metrics(),
+    contract = Contract.for_model(model, task, mode, batch,
+                                  metrics={**ckpt.test_metrics(), **held_out_draw(ckpt.train_config, task)},
                                   source_sha256=file_digest(ckpt.path) if ckpt.path else "",
                                   model_config=ckpt.model_config, arch=ckpt.arch)
     calib = eval_xs = eval_y = None
