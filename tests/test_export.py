@@ -536,6 +536,10 @@ def test_int8_is_checked_on_the_task_loss_and_reports_size_and_speed(tmp_path):
     assert sum(int(np.prod(t.dims)) for t in int8_weights) == 4 * 32 * 10  # the readout, [C*N, n_out]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["quantization"] == "int8-static" and set(ISSUE_KEYS) <= set(meta)
+    # its metrics are the float32 checkpoint's, and what the int8 graph measured at the check, on what
+    check = json.loads(meta["metrics"])["int8_check"]
+    assert check["metric"] == "loss" and check["n"] == 1000 and 0 < check["int8"] < 10 and 0 < check["float32"] < 10
+    assert f"int8 {check['int8']:.5f} vs fp32 {check['float32']:.5f}" in r.output
     # the int8 model still computes the same function, roughly
     model, task = load_checkpoint(ck).build()
     xs, _ = task.sample(3, torch.Generator().manual_seed(0))

@@ -139,6 +139,12 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
             rep.quant.fp32_step_us = time_per_step(session(fp32), contract)
             rep.quant.int8_step_us = time_per_step(session(tmp), final_contract)
             check_int8(rep.quant)
+            # The metrics above are the float32 checkpoint's; say what the int8 graph itself measured, on what.
+            q = rep.quant
+            write_metadata(final, replace(final_contract, metrics={
+                **final_contract.metrics,
+                "int8_check": {"metric": q.metric, "n": q.n, "float32": q.fp32, "int8": q.int8}}))
+            onnx.save(final, tmp)
         rep.verify_seconds = time.perf_counter() - t1
         rep.verified = True
 
