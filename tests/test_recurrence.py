@@ -426,3 +426,30 @@ def test_train_speed_benchmark_runs(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--presets", "nope"])
     assert torch.get_num_threads() == 1
+
+
+def test_thread_scaling_benchmark_runs(capsys):
+    """benchmarks/thread_scaling.py end to end on the cheapest preset; both thread counts timed, the ratio theirs."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location("thread_scaling", root / "thread_scaling.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        n = torch.get_num_threads()
+        try:
+            assert bench.main(["--presets", "adding100-irnn", "--reps", "1", "--json"]) == 0
+        finally:
+            torch.set_num_threads(n)
+    finally:
+        sys.path.remove(str(root))
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert r["preset"] == "adding100-irnn" and r["threads"] == 2 and r["one_s"] > 0 and r["many_s"] > 0
+    assert r["speedup"] == pytest.approx(r["one_s"] / r["many_s"])
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "1"])
