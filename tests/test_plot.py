@@ -290,8 +290,12 @@ def test_waves_png_and_gif_decode_with_the_requested_sizes(tmp_path):
     pytest.importorskip("matplotlib")
     ck = make_checkpoint(tmp_path / "c.pt", task="copy", seq=10)  # 30 steps
     out = tmp_path / "figs" / "w.png"
-    r = cli("plot", "waves", ck, "--channels", "0,2", "--size", "640x480", "--out", out,
-            "--gif", "--gif-frames", 15, "--gif-size", 200)
+    args = ["plot", "waves", ck, "--channels", "0,2", "--size", "640x480", "--out", out, "--gif", "--gif-frames", 15,
+            "--gif-size", 200]
+    assert_one_line_error(cli(*args), f"error: cannot write {out}: the folder {out.parent} does not exist")
+    assert not out.parent.exists()  # a typo in --out never becomes new folders
+    out.parent.mkdir()
+    r = cli(*args)
     assert r.exit_code == 0, r.output
     png = _image(out)
     assert png.format == "PNG" and png.size == (640, 480)

@@ -102,7 +102,13 @@ def waves(checkpoint, task_sample, input_path, data_dir, threads, channels, out,
     from ..plot.figures import _mpl, ring_animation, save_figure, waves_figure
     from ..plot.waves import channel_speeds, input_events, parse_channels, sample_caption, wave_speed
 
-    _mpl()  # fail on a missing matplotlib before running anything
+    from ..core.io import check_output
+
+    _mpl()  # fail on a missing matplotlib or a bad --out before running anything
+    inputs = [("the checkpoint", checkpoint), ("--input", input_path)]
+    check_output(out, inputs, what="--out")
+    if gif:
+        check_output(Path(out).with_suffix(".gif"), inputs, what="the animation")
     source, xs, states, what, target = _trajectory(checkpoint, task_sample, input_path, data_dir, threads)
     chans = parse_channels(channels, states.shape[1])
     per_channel = channel_speeds(states)
@@ -174,7 +180,10 @@ def curves(run_dirs, metric, x_key, logy, out, size, dpi):
     from ..plot.runs import check_metric, load_run, run_labels
     from ..plot.waves import PlotError
 
+    from ..core.io import check_output
+
     _mpl()
+    check_output(out, [("a run's log", Path(p) / "metrics.jsonl") for p in run_dirs], what="--out")
     runs = [load_run(p) for p in run_dirs]
     metric = check_metric(runs, metric)
     missing_x = [str(r.path) for r in runs if not r.series(metric, x_key)[0]]
