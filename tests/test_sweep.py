@@ -72,6 +72,11 @@ def test_the_spec_checks_the_sweep_and_picks_the_tasks_objective():
         SweepSpec.create("copy", "wrnn", "quick", {}, parse_grid(["lr=1,2", "seed=0,1"]), {}, trials=3)
     with pytest.raises(SweepError, match="first trial would not start"):
         SweepSpec.create("copy", "wrnn", "quick", {"kernel": 4}, parse_grid(["lr=1e-3,1e-4"]), {})
+    # an option train refuses for the task (each trial's train would exit 2) is refused when the sweep is made
+    with pytest.raises(SweepError, match="first trial would not start: --eval-every does not apply to psmnist"):
+        SweepSpec.create("psmnist", "wrnn", "quick", {"eval_every": 100}, parse_grid(["lr=1e-3,1e-4"]), {})
+    with pytest.raises(SweepError, match="--epochs does not apply to copy"):
+        SweepSpec.create("copy", "wrnn", "quick", {}, parse_grid(["epochs=1,2"]), {})
 
 
 def test_a_trials_command_line_is_the_config_the_sweep_means():

@@ -136,9 +136,13 @@ def test_resume_may_move_an_lr_drop_still_ahead_but_not_one_passed(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupt:"), (signal.SIGTERM, 143, "SIGTERM:")])
-def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, sig, code, said):
-    """SIGTERM is what a scheduler or a preempted cluster job gets: the same graceful stop as Ctrl-C."""
+@pytest.mark.parametrize("sigs,code,said", [((signal.SIGINT,), (130,), "interrupt:"),
+                                            ((signal.SIGTERM,), (143,), "SIGTERM:"),
+                                            # both pending at once: Python runs SIGINT's handler first
+                                            ((signal.SIGTERM, signal.SIGINT), (130, 143), ": finishing this step")])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, sigs, code, said):
+    """SIGTERM is what a scheduler or a preempted cluster job gets: the same graceful stop as Ctrl-C. SIGTERM and
+    then SIGINT is still one request (a launcher that got the SIGTERM too passes it on as SIGINT), not an abort."""
     run = tmp_path / "run"
     args = [sys.executable, "-m", "wavexport.cli", "train", *TINY_COPY, "--steps", "100000", "--eval-every", "20",
             "--out", str(run), "--quiet"]
@@ -146,9 +150,10 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path, sig,
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(sig)
+    for sig in sigs:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, err
+    assert proc.returncode in code, err
     assert said in err and "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
     step = load_checkpoint(run / "checkpoint.pt").progress["step"]
     assert 20 <= step < 100000

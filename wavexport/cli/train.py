@@ -155,7 +155,8 @@ def command_line(ctx, exclude=()) -> list[str]:
 
 
 def _under_torchrun(nproc: int, args: list[str]) -> int:
-    """Run ``wavexport ARGS`` as ``nproc`` processes under torchrun; its exit status (130 after a Ctrl-C).
+    """Run ``wavexport ARGS`` as ``nproc`` processes under torchrun; its exit status (130 after a Ctrl-C, 143
+    after a SIGTERM).
 
     torchrun runs in its own process group: a Ctrl-C (or SIGTERM) here is passed to it once, and it passes it to
     each rank once: the ranks finish the step they agree on, rank 0 checkpoints, and the run resumes with
@@ -163,8 +164,8 @@ def _under_torchrun(nproc: int, args: list[str]) -> int:
     from ..training.distributed import torchrun_command
 
     proc = subprocess.Popen(torchrun_command(nproc, args), preexec_fn=os.setpgrp)
-    (rc,), interrupted = wait_passing_interrupts([proc])
-    return 130 if interrupted else rc
+    (rc,), signum = wait_passing_interrupts([proc])
+    return 128 + signum if signum else rc  # 130 after a Ctrl-C, 143 after a SIGTERM
 
 
 # --- eval --------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ INTERRUPTED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # 130 (Ctrl-C),
 def wait_passing_interrupts(procs: list[subprocess.Popen]) -> tuple[list[int], bool]:
     """Wait for ``procs`` (started in their own process groups, so a terminal's Ctrl-C reaches only this process),
     passing the first SIGINT or SIGTERM this process gets on to each still running child once, as SIGINT: their
-    own graceful stop (finish the step, checkpoint, exit). Returns (exit codes, whether a signal came)."""
+    own graceful stop (finish the step, checkpoint, exit). Returns (exit codes, the first signal's number, or 0 if
+    none came), so a launcher can exit as the shell reports a process stopped by it: 128 + the number."""
     got: list[int] = []
 
     def forward(signum, frame):
@@ -30,7 +31,7 @@ def wait_passing_interrupts(procs: list[subprocess.Popen]) -> tuple[list[int], b
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    return codes, bool(got)
+    return codes, (got[0] if got else 0)
 
 
 __all__ = ["wait_passing_interrupts"]

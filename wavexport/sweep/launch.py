@@ -97,8 +97,8 @@ def run_local(url: str, study: str, root, jobs: int = 1, device: str | None = No
         return LocalRun(stats.interrupted, [INTERRUPTED_RC if stats.interrupted else 0])
     procs = [subprocess.Popen(worker_command(url, study, root, device, threads), preexec_fn=os.setpgrp,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"}) for _ in range(jobs)]
-    codes, interrupted = wait_passing_interrupts(procs)
-    return LocalRun(interrupted or any(c == INTERRUPTED_RC for c in codes), codes)
+    codes, signum = wait_passing_interrupts(procs)
+    return LocalRun(bool(signum) or any(c == INTERRUPTED_RC for c in codes), codes)
 
 
 def sweep_state(url: str, study: str | None = None) -> dict:

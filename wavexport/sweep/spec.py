@@ -199,7 +199,7 @@ class SweepSpec:
                heartbeat: int = 10, threads: int = 1, root: str = "") -> "SweepSpec":
         """Check everything a worker would trip on later, and build the spec: the options exist and fit, the first
         trial's config builds, no option is both fixed and swept, a grid or ranges are given."""
-        from ..config import build_run, make_config
+        from ..config import build_run, check_applicable, make_config
         from ..core.errors import TrainingError
 
         if not grid and not ranges:
@@ -230,6 +230,8 @@ class SweepSpec:
         first = {k: v[0] for k, v in grid.items()}
         first.update({k: (r.low if r.kind == "float" else int(r.low)) for k, r in ranges.items()})
         try:
+            # every option a trial's train is given must mean something there, or each trial would be refused
+            check_applicable(task, arch, config_options({**train, **first}))
             cfg = make_config(task, arch, preset, **config_options({**train, **first}))
             run = build_run(cfg, meta=True)
         except (TrainingError, ValueError, TypeError) as e:

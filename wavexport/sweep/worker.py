@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..checkpoint import run_complete
 from ..config import train_command
+from ..core.procs import INTERRUPTED_CODES
 from .spec import TRIALS_DIR, SweepError, fmt_params, slug, train_argv
 from .study import import_optuna, load_sweep, uses_bound
 
@@ -291,7 +292,7 @@ class Worker:
             cmd = self._command(params, run)
             self.say(f"{label}: {'resuming' if '--resume' in cmd else 'starting'} in {rel}")
             rc, pruned = self._train(trial, trial_id, cmd, run)
-        if not pruned and (rc == INTERRUPTED_RC or (self.stopping and rc not in (0, DIVERGED_RC))):
+        if not pruned and (rc in INTERRUPTED_CODES or (self.stopping and rc not in (0, DIVERGED_RC))):
             self._requeue(trial_id, "interrupted")
             self.say(f"{label}: interrupted; checkpoint kept, queued again")
             raise Interrupted
@@ -411,7 +412,7 @@ class Worker:
                         child.wait(timeout=60)
                     except subprocess.TimeoutExpired:
                         child.kill()
-        return rc, pruned and rc == INTERRUPTED_RC  # a run that ended on its own meanwhile counts as finished
+        return rc, pruned and rc in INTERRUPTED_CODES  # a run that ended on its own meanwhile counts as finished
 
 
 def _tail(path: Path, n: int = 1) -> str:

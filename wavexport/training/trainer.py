@@ -440,15 +440,22 @@ class Trainer:
         # SIGTERM too: what a scheduler or a cluster's preemption sends, with a grace period to save in.
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.stop_signal = None
+        seen: set[int] = set()
 
         def on_signal(signum, frame):
-            if self._stop:  # a second signal: stop now
+            # The same signal twice (Ctrl-C, Ctrl-C) stops now. One of each is one request: a preempted job's
+            # launcher (sweep worker, train --nproc) passes the SIGTERM it got on as SIGINT to a child that got
+            # the SIGTERM too.
+            if signum in seen:
                 raise KeyboardInterrupt
+            seen.add(signum)
+            if self._stop:
+                return
             self._stop = True
             self.stop_signal = signum
             if self.world.is_main:
-                what = "interrupt" if signum == signal.SIGINT else signal.Signals(signum).name
-                tqdm.write(f"{what}: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
+                what, again = ("interrupt", "Ctrl-C") if signum == signal.SIGINT else (signal.Signals(signum).name,) * 2
+                tqdm.write(f"{what}: finishing this step and saving a checkpoint ({again} again to abort)",
                            file=sys.stderr)
 
         try:
