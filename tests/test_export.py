@@ -444,6 +444,12 @@ def test_an_explicit_tolerance_is_still_the_first_criterion(big_ckpt, tmp_path):
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("verified: "))
     assert line.endswith("(tolerance 1e-02)") and "float64" not in line, line
+    # ... and strict: a tolerance the graph misses fails, even where the default would pass as float32-limited
+    assert cli("export", big_ckpt, tmp_path / "d.onnx").exit_code == 0
+    r = cli("export", big_ckpt, tmp_path / "s.onnx", "--tolerance", "1e-12")
+    assert r.exit_code == 1 and not (tmp_path / "s.onnx").exists(), r.output
+    assert "FAILED" in r.output and "a --tolerance given is absolute (left at its default, this graph would pass" \
+        in r.output, r.output
 
 
 def _scale_initializer(real, suffix, factor):

@@ -26,9 +26,9 @@ DEFAULT_OPSET = 17  # mirrors onnx_export.DEFAULT_OPSET (checked by the tests) w
                    "the task metric.")
 @click.option("--no-verify", "no_verify", is_flag=True,
               help="Skip the checks (ONNX checker, ONNX Runtime vs PyTorch parity, int8 accuracy).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Max absolute error of the float32 parity check; a model beyond it passes only if ONNX "
-                   "Runtime is as exact as PyTorch against float64.")
+@click.option("--tolerance", type=float, help="Max absolute error of the float32 parity check, strict when given "
+              "[default: 1e-4, beyond which a model still passes if ONNX Runtime is as exact as PyTorch float32 "
+              "against float64].")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Data root for int8 calibration and check of image tasks (default as for train).")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, metavar="N",

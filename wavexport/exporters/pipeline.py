@@ -22,7 +22,7 @@ from ..evaluation import held_out_draw
 from .onnx_export import DEFAULT_OPSET, export_step_graph, parse_batch, parse_opset, sequence_from_step
 from .quantize import (METHOD_NAMES, QuantReport, calibration_feeds, check_int8, compare_int8, quant_data,
                        quantize_step_int8, time_per_step)
-from .verify import TOL_FP32, ParityReport, check_file, check_io, parity, session, verify_fp32
+from .verify import ParityReport, check_file, check_io, parity, session, verify_fp32
 
 QUANTIZATIONS = {"int8": "static"}  # --quantize value -> quantize_step_int8 method (why: quantize.py)
 
@@ -78,7 +78,7 @@ def build_graphs(model, mode: str, opset: int, batch: int | None, quantize: str 
 
 def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, batch="dynamic",
                       quantize: str | None = None, verify: bool = True, data_dir=None,
-                      tolerance: float = TOL_FP32, log: Callable[[str], None] | None = None) -> ExportReport:
+                      tolerance: float | None = None, log: Callable[[str], None] | None = None) -> ExportReport:
     """Export a checkpoint to ``out``; raises :class:`ExportError` (bad input) or :class:`VerificationError`."""
     log = log or (lambda msg: None)
     opset = parse_opset(opset)
@@ -87,7 +87,7 @@ def export_checkpoint(checkpoint, out, mode: str = "step", opset=DEFAULT_OPSET, 
         raise ExportError(f"unknown mode {mode!r} (step or sequence)")
     if quantize not in (None, *QUANTIZATIONS):
         raise ExportError(f"unknown quantization {quantize!r} (int8)")
-    if not (tolerance > 0):
+    if tolerance is not None and not (tolerance > 0):
         raise ExportError(f"--tolerance must be a positive number, got {tolerance}")
     out = Path(out)
     if out.is_dir():
