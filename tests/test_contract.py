@@ -39,3 +39,11 @@ def test_a_wrong_length_names_both_accepted_forms(psmnist):
     with pytest.raises(ContractError, match=r"raw input has 28 positions; the permutation has 784 \(one sequence: "
                                             r"784 values; a batch: \[batch, 784\]\)"):
         c.prepare_inputs(np.zeros((2, 28)))
+
+
+def test_without_a_permutation_a_2d_array_stays_a_batch():
+    c = Contract.for_model(_Model(), make_task("smnist"), model_config={"arch": "wrnn"})
+    a = np.arange(784, dtype=np.uint8).reshape(2, 392)  # two 392-step sequences: sMNIST takes any length
+    assert c.prepare_inputs(a).shape == (2, 392, 1)
+    assert c.prepare_inputs(a.reshape(784)).shape == (1, 784, 1)  # one sequence
+

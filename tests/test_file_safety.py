@@ -176,3 +176,22 @@ def test_demo_names_an_unreadable_model_once(files):
     r = cli("demo", bad, "--no-npm", "--port", "0")
     assert_one_line_error(r, f"error: {bad}: ")
     assert r.output.count(str(bad)) == 1, r.output
+
+
+def test_a_model_read_from_a_fifo_still_runs(files, tmp_path):
+    """`run <(cat model.onnx)`: the kind check must not consume the pipe's first bytes (nor call it missing)."""
+    import threading
+
+    fifo = tmp_path / "m-pipe.onnx"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes((files / "m.onnx").read_bytes()))
+    writer.start()
+    try:
+        r = cli("run", fifo, "--input", files / "s.npy")
+    finally:
+        if writer.is_alive():  # the command never opened the pipe: let the writer finish
+            with open(fifo, "rb") as f:
+                f.read()
+        writer.join()
+    assert r.exit_code == 0, r.output
+    assert '"sequences": 2' in r.stdout

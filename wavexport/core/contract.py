@@ -156,12 +156,14 @@ class Contract:
         (step t reads raw position ``permutation[t]``), then values multiplied by ``input.scale``.
 
         ``raw`` is [batch, T, n_in], or [batch, T] when n_in is 1 (e.g. MNIST's 784 raster-order pixels, uint8), or
-        one sequence: [T] when n_in is 1, or any array of exactly seq_len values (a 28x28 image, read in raster
-        order). Returns [batch, T, n_in]; one sequence gives batch 1.
+        one sequence [T] when n_in is 1. With a permutation (psMNIST), whose sequences are all seq_len long, any
+        array of exactly seq_len values is one sequence read in raster order (a 28x28 image). Returns
+        [batch, T, n_in]; one sequence gives batch 1.
         """
         a = np.asarray(raw)
-        if self.input_size == 1 and a.ndim < 3 and a.size == self.seq_len:
-            a = a.reshape(1, self.seq_len)  # one sequence, whatever its shape ([784], [28, 28], [1, 784])
+        if self.input_size == 1 and a.ndim < 3 and a.size == self.seq_len and (
+                a.ndim == 1 or self.permutation is not None):
+            a = a.reshape(1, self.seq_len)  # one sequence: [784]; with a permutation also [28, 28], [784, 1]
         if a.ndim == 2 and self.input_size == 1:
             a = a[..., None]
         if a.ndim != 3 or a.shape[-1] != self.input_size:
@@ -279,8 +281,17 @@ class Contract:
                 output_kind=kind, seq_len=integer(K_SEQ_LEN), readout=meta[K_READOUT],
                 permutation=[int(p) for p in perm] or None, input_scale=scale, metrics=js(K_METRICS, dict),
                 source_sha256=meta[K_SOURCE_SHA256], quantization=meta.get(K_QUANTIZATION, QUANT_NONE))
-        if c.readout != "all" and c.readout_steps is None:
-            raise ContractError(f"unknown {K_READOUT} {c.readout!r} (expected last, last:K or all)")
+        try:
+            k = c.readout_steps
+        except ValueError:
+            k = None
+        if c.readout != "all" and (k is None or k < 1):
+            raise ContractError(f"unknown {K_READOUT} {c.readout!r} (expected last, last:K with K >= 1, or all)")
+        for key in ("eval_seed", "eval_n"):  # where eval of the file draws its held-out data (evaluation.py)
+            v = c.metrics.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (key == "eval_n")):
+                want = "a positive integer" if key == "eval_n" else "an integer >= 0"
+                raise ContractError(f"metadata {K_METRICS!r}: {key} must be {want}, got {v!r}")
         if c.permutation is not None and sorted(c.permutation) != list(range(len(c.permutation))):
             raise ContractError(f"{K_PERMUTATION} is not a permutation of 0..{len(c.permutation) - 1}")
         return c

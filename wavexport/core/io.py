@@ -272,8 +272,10 @@ def check_onnx_file(path: str | os.PathLike, error=InputError) -> None:
     p = os.fspath(path)
     if os.path.isdir(p):
         raise error(f"{p} is a directory, not an ONNX model: give the path of a .onnx file")
-    if not os.path.isfile(p):
+    if not os.path.exists(p):
         raise error(f"{p}: no such file")
+    if not os.path.isfile(p):  # a FIFO, <(process substitution): reading its first bytes would consume them
+        return
     try:
         kind = file_format(p)
     except OSError as e:
