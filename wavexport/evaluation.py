@@ -138,9 +138,10 @@ def task_from_contract(c: Contract) -> Task:
 
 
 def default_eval_size(task: Task, train_config: TrainConfig | None = None) -> int | None:
-    """How many held-out samples ``eval`` scores by default: a whole image split, or the run's ``eval_batch``."""
+    """How many held-out samples ``eval`` scores by default: those the run's own metrics came from (a whole image
+    split, or its first ``--eval-limit``; a synthetic run's ``eval_batch``), else all / ``DEFAULT_SYNTHETIC_N``."""
     if task.kind == "dataset":
-        return None
+        return train_config.eval_limit if train_config is not None else None
     return train_config.eval_batch if train_config is not None else DEFAULT_SYNTHETIC_N
 
 
@@ -161,11 +162,12 @@ def evaluate_checkpoint(ckpt, split: str = "test", data_dir=None, limit: int | N
 
 def held_out_draw(train_config: TrainConfig, task: Task) -> dict:
     """Which held-out data a run's test metrics were measured on, for an export's metadata (next to the metrics):
-    the run's seed (it seeds the synthetic draw and nscifar10's noise) and, for a synthetic task, the number of
-    sequences. ``eval`` of the exported file scores the same data by default, so it reproduces the metrics."""
+    the run's seed (it seeds the synthetic draw and nscifar10's noise) and, for a synthetic task or an image task
+    trained with ``--eval-limit``, the number of samples. ``eval`` of the exported file scores the same data by default, so it reproduces the metrics."""
     draw = {"eval_seed": int(train_config.seed)}
-    if task.kind == "synthetic":
-        draw["eval_n"] = int(default_eval_size(task, train_config))
+    n = default_eval_size(task, train_config)
+    if n is not None:  # synthetic: the run's eval_batch; an image task trained with --eval-limit: that many
+        draw["eval_n"] = int(n)
     return draw
 
 
