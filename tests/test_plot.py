@@ -318,7 +318,7 @@ def test_waves_for_a_fully_connected_rnn_and_a_gif_only_output(tmp_path):
     assert r.exit_code == 0, r.output
     assert _image(tmp_path / "only.gif").n_frames == 10 and not (tmp_path / "only.png").exists()
     assert_one_line_error(cli("plot", "waves", ck, "--out", tmp_path / "w.xyz"), "cannot write a xyz file",
-                          f"error: {tmp_path / 'w.xyz'}: cannot write a xyz file; use .png, .pdf or .svg")
+                          f"error: {tmp_path / 'w.xyz'}: cannot write a xyz file; use .png, .pdf, .svg or .gif")
 
 
 def _fake_run(path, arch, losses):

@@ -34,6 +34,16 @@ def plot():
     """
 
 
+def _check_format(out, gif: bool) -> None:
+    """Refuse an --out whose format cannot be written before any work (save_figure would, after it)."""
+    from ..plot.waves import PlotError
+
+    formats = (".png", ".pdf", ".svg") + ((".gif",) if gif else ())
+    if Path(out).suffix.lower() not in formats:
+        raise PlotError(f"{out}: cannot write a {Path(out).suffix.lstrip('.') or 'suffix-less'} file; use "
+                        f"{', '.join(formats[:-1])} or {formats[-1]}")
+
+
 def _trajectory(checkpoint, task_sample, input_path, data_dir, threads=None):
     """(source, inputs [T, n_in], states [T, C, N], what the sequence is, its target or None)."""
     from ..plot.waves import PlotError, load_input, open_source, task_sample as sample_of
@@ -105,6 +115,7 @@ def waves(checkpoint, task_sample, input_path, data_dir, threads, channels, out,
     from ..core.io import check_output
 
     _mpl()  # fail on a missing matplotlib or a bad --out before running anything
+    _check_format(out, gif=True)
     inputs = [("the checkpoint", checkpoint), ("--input", input_path)]
     check_output(out, inputs, what="--out")
     if gif:
@@ -183,6 +194,7 @@ def curves(run_dirs, metric, x_key, logy, out, size, dpi):
     from ..core.io import check_output
 
     _mpl()
+    _check_format(out, gif=False)
     check_output(out, [("a run's log", Path(p) / "metrics.jsonl") for p in run_dirs], what="--out")
     runs = [load_run(p) for p in run_dirs]
     metric = check_metric(runs, metric)
