@@ -195,3 +195,18 @@ def test_a_model_read_from_a_fifo_still_runs(files, tmp_path):
         writer.join()
     assert r.exit_code == 0, r.output
     assert '"sequences": 2' in r.stdout
+
+
+def test_export_to_stdout_writes_only_the_model_there(files, tmp_path):
+    """`export RUN /dev/stdout > m.onnx`: the report goes to stderr, so the file is the model and nothing else."""
+    import subprocess
+    import sys
+
+    from wavexport.core.contract import read_contract
+
+    with open(tmp_path / "piped.onnx", "wb") as f:
+        r = subprocess.run([sys.executable, "-m", "wavexport.cli", "export", str(files / "run" / "best.pt"),
+                            "/dev/stdout"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "verified:" in r.stderr
+    assert read_contract(tmp_path / "piped.onnx").task == "copy"

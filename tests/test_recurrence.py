@@ -436,6 +436,7 @@ def test_thread_scaling_benchmark_runs(capsys):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "benchmarks"
+    path_before = list(sys.path)
     sys.path.insert(0, str(root))
     try:
         spec = importlib.util.spec_from_file_location("thread_scaling", root / "thread_scaling.py")
@@ -447,9 +448,8 @@ def test_thread_scaling_benchmark_runs(capsys):
         finally:
             torch.set_num_threads(n)
     finally:
-        sys.path.remove(str(root))
+        sys.path[:] = path_before  # the benchmark puts its folder on the path too
     (r,) = json.loads(capsys.readouterr().out)["results"]
-    assert r["preset"] == "adding100-irnn" and r["threads"] == 2 and r["one_s"] > 0 and r["many_s"] > 0
-    assert r["speedup"] == pytest.approx(r["one_s"] / r["many_s"])
+    assert r["preset"] == "adding100-irnn" and r["threads"] == 2 and 0 < r["one_s"] < 60 and 0 < r["many_s"] < 60
     with pytest.raises(SystemExit):
         bench.main(["--threads", "1"])
