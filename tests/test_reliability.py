@@ -7,9 +7,9 @@ device), so nothing here touches /dev or needs an unprivileged user.
 import errno
 import io
 import json
-import re
 import math
 import os
+import re
 import socket
 import stat
 import subprocess
