@@ -163,7 +163,8 @@ def evaluate_checkpoint(ckpt, split: str = "test", data_dir=None, limit: int | N
 def held_out_draw(train_config: TrainConfig, task: Task) -> dict:
     """Which held-out data a run's test metrics were measured on, for an export's metadata (next to the metrics):
     the run's seed (it seeds the synthetic draw and nscifar10's noise) and, for a synthetic task or an image task
-    trained with ``--eval-limit``, the number of samples. ``eval`` of the exported file scores the same data by default, so it reproduces the metrics."""
+    trained with ``--eval-limit``, the number of samples. ``eval`` of the file scores the same data by default
+    (:func:`export_draw`), so it reproduces the metrics."""
     draw = {"eval_seed": int(train_config.seed)}
     n = default_eval_size(task, train_config)
     if n is not None:  # synthetic: the run's eval_batch; an image task trained with --eval-limit: that many
@@ -171,14 +172,17 @@ def held_out_draw(train_config: TrainConfig, task: Task) -> dict:
     return draw
 
 
+def export_draw(c: Contract, n: int | None = None) -> tuple[Task, int, int | None]:
+    """(task, run seed, number of samples) an exported model is scored on by default: the draw its metadata's
+    metrics came from (:func:`held_out_draw`; seed 0 and the default size for a file without it), unless ``n``."""
+    task = task_from_contract(c)
+    return task, int(c.metrics.get("eval_seed", 0)), n or c.metrics.get("eval_n") or default_eval_size(task)
+
+
 def evaluate_export(streamer, n: int | None = None, data_dir=None,
                     progress: Callable[[int], None] | None = None) -> dict:
-    """An exported model's task metric on the test data its metadata's metrics were measured on (the run's seed and,
-    for a synthetic task, its number of sequences: :func:`held_out_draw`; seed 0 and the default size for a file
-    without them), the task rebuilt from the metadata alone."""
-    c = streamer.contract
-    task = task_from_contract(c)
-    seed = int(c.metrics.get("eval_seed", 0))
-    n = n or c.metrics.get("eval_n") or default_eval_size(task)
+    """An exported model's task metric on the test data of :func:`export_draw`, the task rebuilt from the metadata
+    alone."""
+    task, seed, n = export_draw(streamer.contract, n)
     return evaluate(streamer_predictor(streamer), task, test_stream(task, seed, "test", n=n, data_dir=data_dir),
                     progress)

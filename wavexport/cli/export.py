@@ -48,7 +48,7 @@ def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, toleran
     import torch
 
     from ..checkpoint import RUN_FILES, load_checkpoint
-    from ..core.io import check_output
+    from ..core.io import check_output, is_stdout
     from ..exporters.onnx_export import parse_batch, parse_opset
     from ..exporters.pipeline import export_checkpoint
 
@@ -67,16 +67,9 @@ def export_cmd(checkpoint, out, mode, opset, batch, quantize, no_verify, toleran
     rep = export_checkpoint(ckpt, out, mode=mode, opset=opset, batch=batch, quantize=quantize,
                             verify=not no_verify, data_dir=data_dir, tolerance=tolerance,
                             log=log)
-    to_stdout = _is_stdout(out)  # the model went down stdout: the report must not follow it there
+    to_stdout = is_stdout(out)  # the model went down stdout: the report must not follow it there
     for line in rep.lines():
         click.echo(line, err=to_stdout)
-
-
-def _is_stdout(path) -> bool:
-    try:
-        return os.path.samefile(path, "/dev/stdout")
-    except OSError:
-        return False
 
 
 @click.command("inspect")

@@ -122,7 +122,6 @@ def sample_cmd(model, index, data_dir, seed):
     from ..core.contract import read_contract
     from ..evaluation import MAX_HELD_OUT, task_from_contract, test_stream
 
-    check_onnx_file(model)
     c = read_contract(model)
     if index >= MAX_HELD_OUT:
         raise InputError(f"--index must be below {MAX_HELD_OUT}")
@@ -152,7 +151,6 @@ def bench_cmd(model, batches, steps, chunk, threads, checkpoint, as_json, provid
     """Per-step latency (median, p90, p99) and throughput of an exported model, next to its eager PyTorch step."""
     if batches is not None and (not batches or min(batches) < 1):
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch")
-    check_onnx_file(model)
     from ..runtime.bench import bench
     from ..runtime.session import providers_for
 

@@ -187,7 +187,7 @@ def eval_cmd(checkpoint, split, data_dir, limit, device, threads, as_json):
     if is_onnx_path(checkpoint):
         from ..config import resolve_device
         from ..core.contract import read_contract
-        from ..evaluation import EVAL_BATCH, default_eval_size, evaluate_export, task_from_contract
+        from ..evaluation import EVAL_BATCH, evaluate_export, export_draw
         from ..runtime import StreamingSession, providers_for
         from ..models.flops import step_flops
         from .common import auto_threads
@@ -200,7 +200,7 @@ def eval_cmd(checkpoint, split, data_dir, limit, device, threads, as_json):
             threads = auto_threads(EVAL_BATCH * step_flops(read_contract(checkpoint).model_config))
         sess = StreamingSession(checkpoint, providers=providers_for(provider), threads=threads or 1)
         c = sess.contract
-        total = limit or c.metrics.get("eval_n") or default_eval_size(task_from_contract(c)) or 10_000
+        total = export_draw(c, limit)[2] or 10_000
         with tqdm(total=total, desc="eval (onnx)", unit="seq", disable=as_json, leave=False) as bar:
             metrics = evaluate_export(sess, limit, data_dir, progress=bar.update)
         name = f"{c.task}/{c.arch} ({os.path.basename(checkpoint)}, onnx)"

@@ -48,6 +48,12 @@ def _descriptor(path: Path) -> int | None:
     return None
 
 
+def is_stdout(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names this process's standard output (``/dev/stdout``, ``/dev/fd/1``): a command writing its
+    file there must print its report elsewhere."""
+    return _descriptor(Path(path)) == 1
+
+
 def _file_mode(path: Path) -> int | None:
     """``st_mode`` of what ``path`` names, symlinks followed; None when nothing is there (a dangling link too)."""
     try:
