@@ -101,6 +101,19 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, kind,
     assert read_log(tmp_path / "a") == read_log(tmp_path / "b")
 
 
+def test_resume_with_more_epochs_lifts_an_earlier_steps_cap(tmp_path, data_dir):
+    """An image run stopped early with --steps, resumed with a larger --epochs alone, trains those epochs (it used
+    to say "done" at once: the old cap still held it); with --steps as well, the cap given is kept."""
+    cfg = make_config("psmnist", "wrnn", "quick", channels=2, ring=8, batch_size=32, limit=96, eval_limit=64,
+                      epochs=2, steps=4, data_dir=str(data_dir))
+    assert Trainer(cfg, tmp_path / "r", quiet=True).run()["step"] == 4
+    res = Trainer(cfg, tmp_path / "r", resume=True, quiet=True, resume_overrides={"epochs": 3}).run()
+    assert (res["step"], res["total_steps"]) == (9, 9)  # 3 batches an epoch
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt").train_config.steps is None
+    res = Trainer(cfg, tmp_path / "r", resume=True, quiet=True, resume_overrides={"epochs": 5, "steps": 11}).run()
+    assert (res["step"], res["total_steps"]) == (11, 11)
+
+
 def test_resume_may_move_an_lr_drop_still_ahead_but_not_one_passed(tmp_path):
     """A run planned with its LR drop at step 20, resumed at step 7 with the drop moved to 9, ends with exactly the
     weights of a run planned with the drop at 9 from the start; moving a drop already passed is refused."""

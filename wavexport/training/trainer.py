@@ -221,6 +221,10 @@ class Trainer:
         if cli.task != saved.task:
             raise TrainingError(f"--resume: the run in this directory is {saved.task}/{saved.arch}, not {cli.task}")
         merged = TrainConfig.from_dict(saved.to_dict())
+        if "epochs" in overrides and "steps" not in overrides and saved.epochs is not None:
+            # An image run given a new --epochs alone trains that many: a --steps cap from an earlier command (a run
+            # stopped mid-epoch on purpose) would otherwise end it where it is, having trained nothing.
+            merged.steps = None
         for k, v in overrides.items():
             if k in Trainer.RESUME_MAY_CHANGE:
                 setattr(merged, k, v)
