@@ -24,6 +24,7 @@ from .tasks import Task, task_from_state
 
 FORMAT = "wavexport.checkpoint/1"
 RUN_FILES = ("best.pt", "checkpoint.pt")  # what a run directory holds, in the order ``load`` prefers them
+SNAPSHOTS = "snapshots"  # a run directory's folder of weights-only snapshots (train --snapshot-every)
 DIGEST_KEY = "digest"   # "sha256:<hex>" of content_digest(everything else in the file); absent in older files
 
 
@@ -223,10 +224,55 @@ def run_complete(run_dir: str | os.PathLike, budget: dict | None = None) -> bool
     return bool(epochs and not steps and p.get("epoch", 0) >= epochs)
 
 
+def snapshot_files(source: str | os.PathLike, from_step: int | None = None,
+                   to_step: int | None = None) -> list[Path]:
+    """The checkpoint files ``source`` names, in step order: a file itself, or a run directory's snapshots
+    (``train --snapshot-every``) from ``from_step`` to ``to_step`` inclusive."""
+    path = Path(source)
+    if not path.is_dir():
+        return [path]
+    found = []
+    for f in (path / SNAPSHOTS).glob("step-*.pt"):
+        try:
+            step = int(f.stem.split("-", 1)[1])
+        except ValueError:
+            continue
+        if (from_step is None or step >= from_step) and (to_step is None or step <= to_step):
+            found.append((step, f))
+    if not found:
+        window = "" if from_step is None and to_step is None else \
+            f" from step {from_step if from_step is not None else 0} to {to_step if to_step is not None else 'the end'}"
+        raise CheckpointError(f"{path}: no snapshots{window} in {path / SNAPSHOTS} (train with --snapshot-every N "
+                              "to keep them)")
+    return [f for _, f in sorted(found)]
+
+
+def average_checkpoints(cks: list[Checkpoint]) -> Checkpoint:
+    """The mean of the weights of checkpoints of one model on one task (stochastic weight averaging after the fact:
+    snapshots of one run at a constant, small learning rate, whose mean often generalises better than any of
+    them). The result is a weights-only checkpoint of the last one's run, with no metrics: the caller scores it."""
+    if len(cks) < 2:
+        raise CheckpointError("averaging needs at least two checkpoints")
+    first = cks[0]
+    for ck in cks[1:]:
+        for what, a, b in (("model", first.model_config, ck.model_config), ("task", first.task, ck.task)):
+            if a != b:
+                raise CheckpointError(f"{ck.path} and {first.path} hold different {what}s: only checkpoints of one "
+                                      "model on one task (the same psMNIST permutation) can be averaged")
+        if set(ck.model) != set(first.model) or any(ck.model[k].shape != first.model[k].shape for k in ck.model):
+            raise CheckpointError(f"{ck.path} and {first.path} hold differently shaped weights")
+    mean = {k: (sum(ck.model[k].double() for ck in cks) / len(cks)).to(v.dtype) for k, v in first.model.items()}
+    last = max(cks, key=lambda ck: int(ck.progress.get("step", 0)))
+    steps = [int(ck.progress.get("step", -1)) for ck in cks]
+    return Checkpoint(train_config=last.train_config, model_config=dict(last.model_config), task=dict(last.task),
+                      model=mean, progress={"step": int(last.progress.get("step", 0)), "epoch": last.progress.get(
+                          "epoch"), "averaged_steps": steps})
+
+
 def load_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
     """:meth:`Checkpoint.load`, passing a loaded one through (so functions take either)."""
     return path if isinstance(path, Checkpoint) else Checkpoint.load(path)
 
 
-__all__ = ["Checkpoint", "CheckpointError", "DIGEST_KEY", "FORMAT", "RUN_FILES", "content_digest",
-           "load_checkpoint", "run_complete"]
+__all__ = ["Checkpoint", "CheckpointError", "DIGEST_KEY", "FORMAT", "RUN_FILES", "SNAPSHOTS", "average_checkpoints",
+           "content_digest", "load_checkpoint", "run_complete", "snapshot_files"]

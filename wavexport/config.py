@@ -46,6 +46,7 @@ class TrainConfig:
     eval_every: int = 100               # synthetic tasks: steps between held-out evaluations
     eval_batch: int = 1000              # synthetic tasks: size of the fixed held-out batch
     checkpoint_every: int = 200         # also checkpoint every N steps inside an epoch
+    snapshot_every: int | None = None   # keep the weights every N steps in snapshots/ (for `wavexport average`)
     stop_when_solved: bool = False      # adding: end the run at the first evaluation that solves the task
 
     def model_overrides(self) -> dict:

@@ -44,9 +44,10 @@ from .plot import plot  # noqa: E402
 from .reproduce import reproduce_cmd  # noqa: E402
 from .run import bench_cmd, run_cmd, sample_cmd  # noqa: E402
 from .sweep import sweep  # noqa: E402
-from .train import eval_cmd, list_cmd, train  # noqa: E402
+from .train import average_cmd, eval_cmd, list_cmd, train  # noqa: E402
 
-for _cmd, _name in ((train, "train"), (eval_cmd, "eval"), (list_cmd, "list"), (export_cmd, "export"),
-                    (inspect_cmd, "inspect"), (run_cmd, "run"), (sample_cmd, "sample"), (bench_cmd, "bench"),
-                    (plot, "plot"), (reproduce_cmd, "reproduce"), (demo_cmd, "demo"), (sweep, "sweep")):
+for _cmd, _name in ((train, "train"), (eval_cmd, "eval"), (average_cmd, "average"), (list_cmd, "list"),
+                    (export_cmd, "export"), (inspect_cmd, "inspect"), (run_cmd, "run"), (sample_cmd, "sample"),
+                    (bench_cmd, "bench"), (plot, "plot"), (reproduce_cmd, "reproduce"), (demo_cmd, "demo"),
+                    (sweep, "sweep")):
     main.add_command(_cmd, _name)

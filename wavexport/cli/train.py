@@ -51,6 +51,8 @@ from .common import (RegistryChoice, arch_names, fmt_metrics, int_list, preset_n
 @click.option("--eval-every", type=click.IntRange(1), help="Synthetic tasks: steps between evaluations.")
 @click.option("--eval-batch", type=click.IntRange(1), help="Synthetic tasks: size of the held-out batch.")
 @click.option("--checkpoint-every", type=click.IntRange(1), help="Also checkpoint every N steps.")
+@click.option("--snapshot-every", type=click.IntRange(1), metavar="N", help="Keep the weights every N steps in "
+              "RUN/snapshots/, to average later (`wavexport average`). May be added on --resume.")
 @click.option("--stop-when-solved", is_flag=True, default=None,
               help="Adding: end the run at the first evaluation whose held-out MSE is <= 0.05.")
 @threads_option()
@@ -220,6 +222,59 @@ def eval_cmd(checkpoint, split, data_dir, limit, device, threads, as_json):
         click.echo(json.dumps(metrics))
     else:
         click.echo(f"{name} {split} ({metrics['n']} samples): {fmt_metrics(metrics)}")
+
+
+# --- average -----------------------------------------------------------------------------------------------------
+@click.command("average")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="The averaged checkpoint (.pt).")
+@click.option("--from-step", type=click.IntRange(0), help="A run directory's snapshots from this step on.")
+@click.option("--to-step", type=click.IntRange(0), help="A run directory's snapshots up to this step.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data root (default as for train).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (for scoring).")
+@threads_option()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the averaged model's metrics.")
+def average_cmd(sources, out, from_step, to_step, data_dir, device, threads, as_json):
+    """Average the weights of checkpoints of one run: stochastic weight averaging, after the fact.
+
+    \b
+    SOURCE: a run directory (its snapshots/, kept by `train --snapshot-every N`, within --from-step/--to-step)
+    or checkpoint files. The mean is scored on the validation and test splits exactly as training scores a
+    checkpoint, and written to --out, which `eval` and `export` take like any best.pt.
+    Snapshots taken at a small constant learning rate (after the last LR drop) average well.
+    \b
+    wavexport train psmnist --out RUN --resume --epochs 16 --snapshot-every 25
+    wavexport average RUN --from-step 5200 --out RUN/average.pt
+    """
+    from tqdm import tqdm
+
+    from ..checkpoint import RUN_FILES, Checkpoint, average_checkpoints, snapshot_files
+    from ..core.io import check_output
+    from ..evaluation import EVAL_BATCH, default_eval_size, evaluate_checkpoint
+
+    files = [f for src in sources for f in snapshot_files(src, from_step, to_step)]
+    check_output(out, [("a checkpoint averaged", f) for f in files], suffix=".pt", what="--out")
+    if os.path.basename(out) in RUN_FILES and os.path.exists(os.path.join(os.path.dirname(out) or ".", "checkpoint.pt")):
+        raise TrainingError(f"--out {out} would replace a run's own {os.path.basename(out)}; choose another name")
+    ck = average_checkpoints([Checkpoint.load(f) for f in files])
+    set_torch_threads(threads, ck.model_config, EVAL_BATCH)
+    model, task = ck.build()
+    n = default_eval_size(task, ck.train_config)
+    scores = {}
+    for split, prefix in (("valid", "val_"), ("test", "test_")):
+        with tqdm(total=n, desc=f"eval {split}", unit="seq", disable=as_json, leave=False) as bar:
+            m = evaluate_checkpoint(ck, split, data_dir, device=device, progress=bar.update)
+        scores.update({prefix + k: v for k, v in m.items() if k != "n"})
+    ck.best = {"step": ck.progress["step"], **scores}
+    ck.metrics = {**ck.best, **({"eval_limit": ck.train_config.eval_limit}
+                                if ck.train_config.eval_limit and task.kind == "dataset" else {})}
+    ck.save(out)
+    if as_json:
+        click.echo(json.dumps({**ck.metrics, "averaged_steps": ck.progress["averaged_steps"]}))
+    else:
+        steps = ck.progress["averaged_steps"]
+        click.echo(f"{ck.task_name}/{ck.arch}: mean of {len(files)} checkpoints (steps {min(steps)}..{max(steps)}) | "
+                   f"{fmt_metrics(ck.metrics)} | {out}")
 
 
 # --- list --------------------------------------------------------------------------------------------------------

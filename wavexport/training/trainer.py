@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import SNAPSHOTS, Checkpoint
 from ..config import TrainConfig, build_run, resolve_device
 from ..core.errors import CheckpointError, DivergedError, FileWriteError, TrainingError
 from ..core.io import append_line, atomic_write
@@ -36,7 +36,8 @@ from ..tasks import Split, resolve_data_dir
 from . import distributed
 
 LOCK_NAME = ".lock"             # in the run directory; flock()ed by the run that trains there
-TEMP_PATTERNS = (".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".metrics.jsonl.*.tmp")  # atomic_write's temp files
+TEMP_PATTERNS = (".checkpoint.pt.*.tmp", ".best.pt.*.tmp", ".metrics.jsonl.*.tmp",  # atomic_write's temp files
+                 f"{SNAPSHOTS}/.step-*.pt.*.tmp")
 EMA_BETA = 0.95                 # the progress bar's loss: an exponential moving average over ~20 steps
 MAX_SKIPPED_IN_A_ROW = 20       # skip_nonfinite: this many non-finite batches in a row stop the run anyway
 
@@ -213,8 +214,8 @@ class Trainer:
 
     # --- config / checkpoint -------------------------------------------------------------------------------------
     # lr_milestones too, but only those still ahead (checked in ``_moved_milestones``: the past is not rewritten).
-    RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every", "stop_when_solved",
-                         "lr_milestones")
+    RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every", "snapshot_every",
+                         "stop_when_solved", "lr_milestones")
 
     @staticmethod
     def _merge_resume(cli: TrainConfig, saved: TrainConfig, overrides: dict) -> TrainConfig:
@@ -293,6 +294,17 @@ class Trainer:
         if self.world.is_main:
             self.checkpoint().save(self.out / "checkpoint.pt")
         self.saved_step = self.progress["step"]
+
+    def _snapshot(self) -> None:
+        """Every ``snapshot_every`` steps: the weights as they are (``snapshots/step-NNNNNNN.pt``, a weights-only
+        checkpoint), the points ``wavexport average`` averages (stochastic weight averaging, after the fact)."""
+        every, step = self.cfg.snapshot_every, self.progress["step"]
+        if not every or step % every:
+            return
+        self._check_weights(f"snapshot {step}")
+        if self.world.is_main:
+            self._tick()
+            self.checkpoint(full=False).save(self.out / SNAPSHOTS / f"step-{step:07d}.pt")
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -517,6 +529,7 @@ class Trainer:
                     self._track(loss)
                 self.bar.update(1)
                 self._postfix({"epoch": p["epoch"] + 1, **self._last_short()})
+                self._snapshot()
                 if p["step"] % cfg.checkpoint_every == 0:
                     self.save()
             if p["batch"] >= n_batches:
@@ -543,6 +556,7 @@ class Trainer:
                 self._track(loss)
             self.bar.update(1)
             self._postfix({k: v for k, v in self.last_eval.items() if k in ("val_loss", "val_acc")})
+            self._snapshot()
             if p["step"] % cfg.eval_every == 0 or p["step"] == total:
                 self._evaluate(p["run_loss"])
                 self.save()

@@ -1,0 +1,86 @@
+"""``train --snapshot-every`` and ``wavexport average``: weight snapshots of a run, and their mean as a checkpoint."""
+import json
+
+import pytest
+import torch
+
+from wavexport.config import make_config
+from wavexport.training import Trainer
+
+from cli_helpers import assert_one_line_error, cli
+
+TINY_COPY = ["copy", "--seq", "5", "--channels", "3", "--ring", "12", "--batch-size", "16", "--eval-batch", "64",
+             "--eval-every", "3"]
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture
+def run(tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", *TINY_COPY, "--steps", "6", "--snapshot-every", "2", "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_snapshots_are_kept_every_n_steps_and_an_interrupted_run_keeps_the_same_ones(tmp_path, run):
+    assert sorted(f.name for f in (run / "snapshots").iterdir()) == ["step-0000002.pt", "step-0000004.pt",
+                                                                     "step-0000006.pt"]
+    assert "optimizer" not in torch.load(run / "snapshots" / "step-0000004.pt", weights_only=True)
+
+    cfg = make_config("copy", "wrnn", "paper", seq=5, channels=3, ring=12, batch_size=16, eval_batch=64,
+                      eval_every=3, steps=6, snapshot_every=2)
+
+    def stop_at_3(trainer):
+        if trainer.progress["step"] == 3:
+            trainer.request_stop()
+    assert Trainer(cfg, tmp_path / "cut", quiet=True, on_step=stop_at_3).run()["interrupted"]
+    Trainer(cfg, tmp_path / "cut", resume=True, quiet=True).run()
+    for step in (2, 4, 6):
+        name = f"step-{step:07d}.pt"
+        a, b = _weights(run / "snapshots" / name), _weights(tmp_path / "cut" / "snapshots" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_average_writes_the_mean_scored_like_training_and_eval_reproduces_it(tmp_path, run):
+    out = tmp_path / "avg.pt"
+    r = cli("average", run, "--from-step", "4", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    reported = json.loads(r.stdout)
+    assert reported["averaged_steps"] == [4, 6]
+    a, b = (_weights(run / "snapshots" / f"step-{s:07d}.pt") for s in (4, 6))
+    mean = _weights(out)
+    for k in a:  # the mean, by hand
+        assert torch.allclose(mean[k], (a[k] + b[k]) / 2, rtol=0, atol=1e-7), k
+        assert not torch.equal(a[k], b[k]) or k.endswith("bias"), k  # the snapshots differ: a real average
+    ev = json.loads(cli("eval", out, "--json").stdout)
+    assert ev["loss"] == pytest.approx(reported["test_loss"], rel=1e-6)
+    val = json.loads(cli("eval", out, "--split", "valid", "--json").stdout)
+    assert val["loss"] == pytest.approx(reported["val_loss"], rel=1e-6)
+    # files named one by one average the same way
+    r = cli("average", run / "snapshots" / "step-0000004.pt", run / "snapshots" / "step-0000006.pt",
+            "--out", tmp_path / "avg2.pt", "--json")
+    assert r.exit_code == 0, r.output
+    assert all(torch.equal(mean[k], _weights(tmp_path / "avg2.pt")[k]) for k in mean)
+    r = cli("export", out, tmp_path / "avg.onnx")
+    assert r.exit_code == 0, r.output
+
+
+def test_average_refuses_what_it_cannot_average_and_overwrites_nothing(tmp_path, run):
+    other = tmp_path / "other"
+    assert cli("train", *TINY_COPY, "--channels", "4", "--steps", "2", "--snapshot-every", "2", "--out", other,
+               "-q").exit_code == 0
+    assert_one_line_error(cli("average", run, other, "--out", tmp_path / "x.pt"), "hold different models")
+    assert_one_line_error(cli("average", run, "--from-step", "6", "--out", tmp_path / "x.pt"),
+                          "averaging needs at least two checkpoints")
+    assert_one_line_error(cli("average", run, "--from-step", "7", "--out", tmp_path / "x.pt"),
+                          "no snapshots from step 7 to the end", "--snapshot-every")
+    before = (run / "best.pt").read_bytes()
+    assert_one_line_error(cli("average", run, "--out", run / "best.pt"), "would replace a run's own best.pt")
+    assert (run / "best.pt").read_bytes() == before
+    assert_one_line_error(cli("average", run, "--out", run / "snapshots" / "step-0000002.pt"),
+                          "is the same file as a checkpoint averaged")
+    assert_one_line_error(cli("average", run, "--out", tmp_path / "x.onnx"), "must end in .pt")
+    assert not (tmp_path / "x.pt").exists()
