@@ -28,7 +28,9 @@ def run(tmp_path):
 def test_snapshots_are_kept_every_n_steps_and_an_interrupted_run_keeps_the_same_ones(tmp_path, run):
     assert sorted(f.name for f in (run / "snapshots").iterdir()) == ["step-0000002.pt", "step-0000004.pt",
                                                                      "step-0000006.pt"]
-    assert "optimizer" not in torch.load(run / "snapshots" / "step-0000004.pt", weights_only=True)
+    snap = torch.load(run / "snapshots" / "step-0000004.pt", weights_only=True)
+    assert "optimizer" not in snap
+    assert not snap.get("metrics") and not snap.get("best")  # a snapshot is not evaluated: no borrowed metrics
 
     cfg = make_config("copy", "wrnn", "paper", seq=5, channels=3, ring=12, batch_size=16, eval_batch=64,
                       eval_every=3, steps=6, snapshot_every=2)
@@ -83,4 +85,44 @@ def test_average_refuses_what_it_cannot_average_and_overwrites_nothing(tmp_path,
     assert_one_line_error(cli("average", run, "--out", run / "snapshots" / "step-0000002.pt"),
                           "is the same file as a checkpoint averaged")
     assert_one_line_error(cli("average", run, "--out", tmp_path / "x.onnx"), "must end in .pt")
+    assert_one_line_error(cli("average", run, "--to-step", "4", "--out", run / "snapshots" / "step-0000009.pt"),
+                          "in a run's snapshots/ folder")
+    snap = run / "snapshots" / "step-0000002.pt"
+    assert_one_line_error(cli("average", snap, run / "snapshots" / ".." / "snapshots" / "step-0000002.pt", "--out",
+                              tmp_path / "x.pt"), "is given twice")
+    assert_one_line_error(cli("average", snap, run / "snapshots" / "step-0000004.pt", "--from-step", "3", "--out",
+                              tmp_path / "x.pt"), "is a file: --from-step and --to-step select among")
+    seed1 = tmp_path / "seed1"
+    assert cli("train", *TINY_COPY, "--steps", "2", "--snapshot-every", "2", "--seed", "1", "--out", seed1,
+               "-q").exit_code == 0
+    assert_one_line_error(cli("average", run, seed1, "--out", tmp_path / "x.pt"), "come from different runs (seed")
     assert not (tmp_path / "x.pt").exists()
+    # the snapshots folder itself is a source too
+    r = cli("average", run / "snapshots", "--out", tmp_path / "y.pt", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["averaged_steps"] == [2, 4, 6], r.output
+
+
+def test_snapshots_after_the_checkpoint_a_run_resumes_from_are_dropped(tmp_path):
+    """A run killed after its snapshot at step 4 but with checkpoint.pt at step 3 takes steps 4.. again, maybe on
+    another budget: the old snapshot 4 goes; so do the snapshots of an attempt that died before any checkpoint."""
+    cfg = make_config("copy", "wrnn", "paper", seq=5, channels=3, ring=12, batch_size=16, eval_batch=64,
+                      eval_every=3, steps=6, snapshot_every=2, checkpoint_every=100)
+    out = tmp_path / "run"
+    Trainer(cfg, out, quiet=True).run()
+    kept = torch.load(out / "snapshots" / "step-0000006.pt", weights_only=True)["model"]
+    # as if killed at step 5: checkpoint.pt back at step 3 (its evaluation's save), snapshots 2 and 4 and 6 on disk
+    cut = tmp_path / "cut"
+    Trainer(cfg, cut, quiet=True, on_step=lambda t: t.request_stop() if t.progress["step"] == 3 else None).run()
+    for step in (4, 6):
+        (cut / "snapshots" / f"step-{step:07d}.pt").write_bytes((out / "snapshots" / f"step-{step:07d}.pt").read_bytes())
+    Trainer(cfg, cut, resume=True, quiet=True, resume_overrides={"steps": 5}).run()
+    assert sorted(f.name for f in (cut / "snapshots").iterdir()) == ["step-0000002.pt", "step-0000004.pt"]
+    # a fresh run in a directory whose first attempt died before its first checkpoint
+    dead = tmp_path / "dead"
+    (dead / "snapshots").mkdir(parents=True)
+    (dead / "snapshots" / "step-0000008.pt").write_bytes(b"x")
+    Trainer(cfg, dead, quiet=True).run()
+    assert sorted(f.name for f in (dead / "snapshots").iterdir()) == ["step-0000002.pt", "step-0000004.pt",
+                                                                       "step-0000006.pt"]
+    got = torch.load(dead / "snapshots" / "step-0000006.pt", weights_only=True)["model"]
+    assert all(torch.equal(got[k], kept[k]) for k in kept)

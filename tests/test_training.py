@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavexport.checkpoint import load_checkpoint
+from wavexport.checkpoint import load_checkpoint, run_complete
 from wavexport.config import make_config
 from wavexport.training import Trainer
 
@@ -103,10 +103,15 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, kind,
 
 def test_resume_with_more_epochs_lifts_an_earlier_steps_cap(tmp_path, data_dir):
     """An image run stopped early with --steps, resumed with a larger --epochs alone, trains those epochs (it used
-    to say "done" at once: the old cap still held it); with --steps as well, the cap given is kept."""
+    to say "done" at once: the old cap still held it); with --steps as well, the cap given is kept; run_complete
+    (what reproduce and sweep ask before relaunching) agrees."""
     cfg = make_config("psmnist", "wrnn", "quick", channels=2, ring=8, batch_size=32, limit=96, eval_limit=64,
                       epochs=2, steps=4, data_dir=str(data_dir))
     assert Trainer(cfg, tmp_path / "r", quiet=True).run()["step"] == 4
+    # the same --epochs again (the command re-run with --resume, as reproduce and sweep do): the cap stays
+    res = Trainer(cfg, tmp_path / "r", resume=True, quiet=True, resume_overrides={"epochs": 2}).run()
+    assert (res["step"], res["total_steps"]) == (4, 4)
+    assert run_complete(tmp_path / "r", {"epochs": 2}) and not run_complete(tmp_path / "r", {"epochs": 3})
     res = Trainer(cfg, tmp_path / "r", resume=True, quiet=True, resume_overrides={"epochs": 3}).run()
     assert (res["step"], res["total_steps"]) == (9, 9)  # 3 batches an epoch
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt").train_config.steps is None

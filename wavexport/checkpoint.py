@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import TrainConfig
-from .core.errors import CheckpointError, ModelConfigError
+from .config import RESUME_MAY_CHANGE, TrainConfig, resume_config
+from .core.errors import CheckpointError, FileWriteError, InputError, ModelConfigError
 from .core.io import atomic_write, file_format, file_head
 from .models import RecurrentModel, build_model
 from .tasks import Task, task_from_state
@@ -215,58 +215,116 @@ def run_complete(run_dir: str | os.PathLike, budget: dict | None = None) -> bool
         ck = Checkpoint.load(path)
     except CheckpointError:
         return False
-    cfg, p, want = ck.train_config, ck.progress, budget or {}
-    steps, epochs = want.get("steps", cfg.steps), want.get("epochs", cfg.epochs)
-    if want.get("stop_when_solved", cfg.stop_when_solved) and ck.solved_at is not None:
+    want = {k: v for k, v in (budget or {}).items() if k in ("steps", "epochs", "stop_when_solved")}
+    cfg, p = resume_config(ck.train_config, want), ck.progress  # the budget ``train --resume`` would run to
+    steps, epochs = cfg.steps, cfg.epochs
+    if cfg.stop_when_solved and ck.solved_at is not None:
         return True
     if steps and p.get("step", 0) >= steps:
         return True
     return bool(epochs and not steps and p.get("epoch", 0) >= epochs)
 
 
-def snapshot_files(source: str | os.PathLike, from_step: int | None = None,
-                   to_step: int | None = None) -> list[Path]:
-    """The checkpoint files ``source`` names, in step order: a file itself, or a run directory's snapshots
-    (``train --snapshot-every``) from ``from_step`` to ``to_step`` inclusive."""
-    path = Path(source)
-    if not path.is_dir():
-        return [path]
+def snapshot_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where a run keeps its weights at ``step`` (``train --snapshot-every``)."""
+    return Path(run_dir) / SNAPSHOTS / f"step-{step:07d}.pt"
+
+
+def run_snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """A run directory's snapshots as (step, path), in step order."""
     found = []
-    for f in (path / SNAPSHOTS).glob("step-*.pt"):
+    for f in (Path(run_dir) / SNAPSHOTS).glob("step-*.pt"):
         try:
-            step = int(f.stem.split("-", 1)[1])
+            found.append((int(f.stem.split("-", 1)[1]), f))
         except ValueError:
             continue
-        if (from_step is None or step >= from_step) and (to_step is None or step <= to_step):
-            found.append((step, f))
+    return sorted(found)
+
+
+def drop_snapshots_after(run_dir: str | os.PathLike, step: int) -> None:
+    """Delete the snapshots of steps after ``step``: left by an attempt that went further than the checkpoint a run
+    resumes from (or, ``step`` -1, by one that died before its first checkpoint). The run takes those steps again,
+    maybe differently (another budget, a moved LR drop), and an average must not mix the two."""
+    for s, f in run_snapshots(run_dir):
+        if s > step:
+            try:
+                f.unlink()
+            except OSError as e:
+                raise FileWriteError(f"cannot remove the stale snapshot {f}: {e.strerror or e}") from None
+
+
+def snapshot_files(source: str | os.PathLike, from_step: int | None = None,
+                   to_step: int | None = None) -> list[Path]:
+    """The checkpoint files ``source`` names: a file itself, or a run directory's snapshots (``train
+    --snapshot-every``; also its ``snapshots/`` folder named directly) from ``from_step`` to ``to_step``
+    inclusive, in step order."""
+    path = Path(source)
+    if not path.is_dir():
+        if from_step is not None or to_step is not None:
+            raise InputError(f"{path} is a file: --from-step and --to-step select among a run directory's snapshots")
+        return [path]
+    if path.name == SNAPSHOTS and not (path / SNAPSHOTS).is_dir():
+        path = path.parent
+    found = [f for step, f in run_snapshots(path)
+             if (from_step is None or step >= from_step) and (to_step is None or step <= to_step)]
     if not found:
         window = "" if from_step is None and to_step is None else \
             f" from step {from_step if from_step is not None else 0} to {to_step if to_step is not None else 'the end'}"
         raise CheckpointError(f"{path}: no snapshots{window} in {path / SNAPSHOTS} (train with --snapshot-every N "
                               "to keep them)")
-    return [f for _, f in sorted(found)]
+    return found
 
 
-def average_checkpoints(cks: list[Checkpoint]) -> Checkpoint:
-    """The mean of the weights of checkpoints of one model on one task (stochastic weight averaging after the fact:
-    snapshots of one run at a constant, small learning rate, whose mean often generalises better than any of
-    them). The result is a weights-only checkpoint of the last one's run, with no metrics: the caller scores it."""
-    if len(cks) < 2:
+def average_checkpoints(sources: list) -> Checkpoint:
+    """The mean of the weights of checkpoints of one run (stochastic weight averaging after the fact: snapshots
+    taken at a small constant learning rate, whose mean often generalises better than any of them).
+
+    ``sources``: paths or loaded checkpoints, read one at a time (a running sum). They must be of one model, task
+    and training config (what a resume may change aside: budget, device, LR drops still ahead), seed included:
+    averaging independently trained networks means nothing. Non-float tensors must be equal. The result is a
+    weights-only checkpoint of the latest one's run, without metrics: the caller scores it."""
+    if len(sources) < 2:
         raise CheckpointError("averaging needs at least two checkpoints")
-    first = cks[0]
-    for ck in cks[1:]:
-        for what, a, b in (("model", first.model_config, ck.model_config), ("task", first.task, ck.task)):
-            if a != b:
-                raise CheckpointError(f"{ck.path} and {first.path} hold different {what}s: only checkpoints of one "
-                                      "model on one task (the same psMNIST permutation) can be averaged")
-        if set(ck.model) != set(first.model) or any(ck.model[k].shape != first.model[k].shape for k in ck.model):
-            raise CheckpointError(f"{ck.path} and {first.path} hold differently shaped weights")
-    mean = {k: (sum(ck.model[k].double() for ck in cks) / len(cks)).to(v.dtype) for k, v in first.model.items()}
-    last = max(cks, key=lambda ck: int(ck.progress.get("step", 0)))
-    steps = [int(ck.progress.get("step", -1)) for ck in cks]
+    seen: dict[str, str] = {}
+    first = total = last = None
+    steps = []
+    for src in sources:
+        ck = load_checkpoint(src)
+        key = os.path.realpath(ck.path) if ck.path else str(id(ck))
+        if key in seen:
+            raise CheckpointError(f"{ck.path} is given twice (as {seen[key]}): each checkpoint counts once")
+        seen[key] = ck.path
+        if first is None:
+            first, total = ck, {k: v.double() if v.is_floating_point() else v.clone() for k, v in ck.model.items()}
+        else:
+            _check_same_run(first, ck)
+            for k, v in ck.model.items():
+                if v.is_floating_point():
+                    total[k] += v.double()
+                elif not torch.equal(v, total[k]):
+                    raise CheckpointError(f"{ck.path} and {first.path} differ in {k}, which cannot be averaged")
+        steps.append(int(ck.progress.get("step", -1)))
+        if last is None or steps[-1] >= int(last.progress.get("step", -1)):
+            last = ck
+    mean = {k: (v / len(sources)).to(first.model[k].dtype) if v.is_floating_point() else v for k, v in total.items()}
     return Checkpoint(train_config=last.train_config, model_config=dict(last.model_config), task=dict(last.task),
-                      model=mean, progress={"step": int(last.progress.get("step", 0)), "epoch": last.progress.get(
-                          "epoch"), "averaged_steps": steps})
+                      model=mean, progress={"step": int(last.progress.get("step", 0)),
+                                            "epoch": last.progress.get("epoch"), "averaged_steps": steps})
+
+
+def _check_same_run(a: Checkpoint, b: Checkpoint) -> None:
+    for what, x, y in (("model", a.model_config, b.model_config), ("task", a.task, b.task)):
+        if x != y:
+            raise CheckpointError(f"{b.path} and {a.path} hold different {what}s: only checkpoints of one run (one "
+                                  "model on one task, the same psMNIST permutation) can be averaged")
+    ca, cb = a.train_config.to_dict(), b.train_config.to_dict()
+    differ = [k for k in ca if k not in RESUME_MAY_CHANGE and ca[k] != cb.get(k)]
+    if differ:
+        raise CheckpointError(f"{b.path} and {a.path} come from different runs ({differ[0]} {cb.get(differ[0])!r} vs "
+                              f"{ca[differ[0]]!r}): only snapshots of one run can be averaged")
+    if set(a.model) != set(b.model) or any(a.model[k].shape != b.model[k].shape or a.model[k].dtype !=
+                                           b.model[k].dtype for k in a.model):
+        raise CheckpointError(f"{b.path} and {a.path} hold differently shaped weights")
 
 
 def load_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
@@ -275,4 +333,5 @@ def load_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
 
 
 __all__ = ["Checkpoint", "CheckpointError", "DIGEST_KEY", "FORMAT", "RUN_FILES", "SNAPSHOTS", "average_checkpoints",
-           "content_digest", "load_checkpoint", "run_complete", "snapshot_files"]
+           "content_digest", "drop_snapshots_after", "load_checkpoint", "run_complete", "run_snapshots",
+           "snapshot_files", "snapshot_path"]

@@ -140,6 +140,29 @@ def check_applicable(task: str, arch: str, options: dict) -> None:
                             f"readout use an arch without it (see `wavexport list`)")
 
 
+# What a resumed run may change (everything else must agree with the saved run): its budget, where it runs, how
+# often it saves, and the LR drops it has not reached yet (checked by the trainer: the past is not rewritten).
+RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every", "snapshot_every",
+                     "stop_when_solved", "lr_milestones")
+
+
+def resume_config(saved: TrainConfig, overrides: dict) -> TrainConfig:
+    """The config a saved run resumed with ``overrides`` (the options given explicitly) trains with.
+
+    An image run given a different ``epochs`` without ``steps`` trains that many epochs: a ``steps`` cap from an
+    earlier command (a run stopped mid-epoch on purpose, or the quick preset's) would otherwise end it where it is,
+    having trained nothing. The same ``epochs`` again (a command re-run with ``--resume``) keeps the cap."""
+    merged = TrainConfig.from_dict(saved.to_dict())
+    if saved.epochs is not None and "steps" not in overrides and overrides.get("epochs", saved.epochs) != saved.epochs:
+        merged.steps = None
+    for k, v in overrides.items():
+        if k in RESUME_MAY_CHANGE:
+            setattr(merged, k, v)
+        elif hasattr(saved, k) and getattr(saved, k) != v:
+            raise TrainingError(f"--resume: cannot change {k} of a saved run (it has {getattr(saved, k)!r})")
+    return merged
+
+
 def make_config(task: str, arch: str = "wrnn", preset: str = "paper", **overrides) -> TrainConfig:
     """The preset's values for (task, arch), then every override that is not None."""
     values = preset_values(task, arch, preset)

@@ -9,6 +9,7 @@ that data, so sample ``i`` is the same sequence everywhere. :func:`evaluate` is 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterator
 
 import numpy as np
@@ -158,6 +159,22 @@ def evaluate_checkpoint(ckpt, split: str = "test", data_dir=None, limit: int | N
     stream = test_stream(task, cfg.seed, split, n=n, data_dir=resolve_data_dir(data_dir, cfg.data_dir)
                          if task.kind == "dataset" else None, limit=limit)
     return evaluate(model_predictor(model, task, dev), task, stream, progress)
+
+
+def score_held_out(ckpt, data_dir=None, device: str = "auto", bar=None) -> dict:
+    """``val_*`` and ``test_*`` metrics of a checkpoint made outside a run (an average), scored on the data training
+    scores a checkpoint on; ``eval_limit`` too when the run evaluated only part of an image split (as training's
+    metrics say). ``bar(split, total)``: a context manager giving a progress callback, or None."""
+    _, task = ckpt.build()
+    n = default_eval_size(task, ckpt.train_config)
+    scores: dict = {}
+    for split, prefix in (("valid", "val_"), ("test", "test_")):
+        with (bar(split, n) if bar else contextlib.nullcontext(None)) as progress:
+            m = evaluate_checkpoint(ckpt, split, data_dir, device=device, progress=progress)
+        scores.update({prefix + k: v for k, v in m.items() if k != "n"})
+    if ckpt.train_config.eval_limit and task.kind == "dataset":
+        scores["eval_limit"] = ckpt.train_config.eval_limit
+    return scores
 
 
 def held_out_draw(train_config: TrainConfig, task: Task) -> dict:

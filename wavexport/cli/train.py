@@ -1,6 +1,7 @@
-"""``train``, ``eval`` and ``list``: runs and checkpoints."""
+"""``train``, ``eval``, ``average`` and ``list``: runs and checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -248,33 +249,36 @@ def average_cmd(sources, out, from_step, to_step, data_dir, device, threads, as_
     """
     from tqdm import tqdm
 
-    from ..checkpoint import RUN_FILES, Checkpoint, average_checkpoints, snapshot_files
-    from ..core.io import check_output
-    from ..evaluation import EVAL_BATCH, default_eval_size, evaluate_checkpoint
+    from ..checkpoint import RUN_FILES, SNAPSHOTS, average_checkpoints, snapshot_files
+    from ..config import resolve_device
+    from ..core.io import check_output, is_stdout
+    from ..evaluation import EVAL_BATCH, score_held_out
 
     files = [f for src in sources for f in snapshot_files(src, from_step, to_step)]
     check_output(out, [("a checkpoint averaged", f) for f in files], suffix=".pt", what="--out")
-    if os.path.basename(out) in RUN_FILES and os.path.exists(os.path.join(os.path.dirname(out) or ".", "checkpoint.pt")):
-        raise TrainingError(f"--out {out} would replace a run's own {os.path.basename(out)}; choose another name")
-    ck = average_checkpoints([Checkpoint.load(f) for f in files])
+    folder, name = os.path.split(os.path.abspath(out))
+    if name in RUN_FILES and os.path.exists(os.path.join(folder, "checkpoint.pt")):
+        raise TrainingError(f"--out {out} would replace a run's own {name}; choose another name")
+    if os.path.basename(folder) == SNAPSHOTS:
+        raise TrainingError(f"--out {out} is in a run's {SNAPSHOTS}/ folder, where it would be taken for a "
+                            "snapshot; choose another folder")
+    resolve_device(device)  # refused now, before the files are read
+    ck = average_checkpoints(files)
     set_torch_threads(threads, ck.model_config, EVAL_BATCH)
-    model, task = ck.build()
-    n = default_eval_size(task, ck.train_config)
-    scores = {}
-    for split, prefix in (("valid", "val_"), ("test", "test_")):
-        with tqdm(total=n, desc=f"eval {split}", unit="seq", disable=as_json, leave=False) as bar:
-            m = evaluate_checkpoint(ck, split, data_dir, device=device, progress=bar.update)
-        scores.update({prefix + k: v for k, v in m.items() if k != "n"})
-    ck.best = {"step": ck.progress["step"], **scores}
-    ck.metrics = {**ck.best, **({"eval_limit": ck.train_config.eval_limit}
-                                if ck.train_config.eval_limit and task.kind == "dataset" else {})}
+
+    @contextlib.contextmanager
+    def bar(split, total):
+        with tqdm(total=total, desc=f"eval {split}", unit="seq", disable=as_json, leave=False) as b:
+            yield b.update
+
+    ck.metrics = score_held_out(ck, data_dir, device, bar)
+    ck.best = {"step": ck.progress["step"], **{k: v for k, v in ck.metrics.items() if k != "eval_limit"}}
     ck.save(out)
-    if as_json:
-        click.echo(json.dumps({**ck.metrics, "averaged_steps": ck.progress["averaged_steps"]}))
-    else:
-        steps = ck.progress["averaged_steps"]
-        click.echo(f"{ck.task_name}/{ck.arch}: mean of {len(files)} checkpoints (steps {min(steps)}..{max(steps)}) | "
-                   f"{fmt_metrics(ck.metrics)} | {out}")
+    steps = ck.progress["averaged_steps"]
+    report = json.dumps({**ck.metrics, "averaged_steps": steps}) if as_json else (
+        f"{ck.task_name}/{ck.arch}: mean of {len(files)} checkpoints (steps {min(steps)}..{max(steps)}) | "
+        f"{fmt_metrics(ck.metrics)} | {out}")
+    click.echo(report, err=is_stdout(out))  # the checkpoint's bytes went to stdout: the report goes to stderr
 
 
 # --- list --------------------------------------------------------------------------------------------------------

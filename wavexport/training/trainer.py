@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import SNAPSHOTS, Checkpoint
-from ..config import TrainConfig, build_run, resolve_device
+from ..checkpoint import SNAPSHOTS, Checkpoint, drop_snapshots_after, snapshot_path
+from ..config import TrainConfig, build_run, resolve_device, resume_config
 from ..core.errors import CheckpointError, DivergedError, FileWriteError, TrainingError
 from ..core.io import append_line, atomic_write
 from ..evaluation import evaluate, load_eval_splits, model_predictor, test_stream
@@ -168,6 +168,7 @@ class Trainer:
         if ckpt_path.exists():
             raise TrainingError(f"{self.out} already holds a run (checkpoint.pt); pass --resume to continue it, "
                                 "or choose another --out")
+        drop_snapshots_after(self.out, -1)  # an attempt that died before its first checkpoint: not this run's
         return None
 
     def _init(self, cfg: TrainConfig, resumed: Checkpoint | None, resume_overrides: dict | None) -> None:
@@ -213,25 +214,11 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # --- config / checkpoint -------------------------------------------------------------------------------------
-    # lr_milestones too, but only those still ahead (checked in ``_moved_milestones``: the past is not rewritten).
-    RESUME_MAY_CHANGE = ("epochs", "steps", "device", "data_dir", "checkpoint_every", "snapshot_every",
-                         "stop_when_solved", "lr_milestones")
-
     @staticmethod
     def _merge_resume(cli: TrainConfig, saved: TrainConfig, overrides: dict) -> TrainConfig:
         if cli.task != saved.task:
             raise TrainingError(f"--resume: the run in this directory is {saved.task}/{saved.arch}, not {cli.task}")
-        merged = TrainConfig.from_dict(saved.to_dict())
-        if "epochs" in overrides and "steps" not in overrides and saved.epochs is not None:
-            # An image run given a new --epochs alone trains that many: a --steps cap from an earlier command (a run
-            # stopped mid-epoch on purpose) would otherwise end it where it is, having trained nothing.
-            merged.steps = None
-        for k, v in overrides.items():
-            if k in Trainer.RESUME_MAY_CHANGE:
-                setattr(merged, k, v)
-            elif hasattr(saved, k) and getattr(saved, k) != v:
-                raise TrainingError(f"--resume: cannot change {k} of a saved run (it has {getattr(saved, k)!r})")
-        return merged
+        return resume_config(saved, overrides)
 
     def checkpoint(self, full: bool = True) -> Checkpoint:
         """The run as it is now; ``full`` adds what resuming needs (optimizer, schedule, RNG states)."""
@@ -256,8 +243,10 @@ class Trainer:
         self.saved_step = self.progress["step"]
         self.best = dict(ck.best or {})
         self.solved_at = ck.solved_at
-        # Drop log lines written after this checkpoint, so the resumed run does not log them twice.
+        # Drop log lines (and snapshots) written after this checkpoint, so the resumed run does not log them twice.
         log = self.out / "metrics.jsonl"
+        if self.world.is_main:
+            drop_snapshots_after(self.out, self.saved_step)
         if self.world.is_main and log.exists():
             lines = log.read_text().splitlines(keepends=True)[: self.progress["log_lines"]]
             atomic_write(log, lambda tmp: Path(tmp).write_text("".join(lines)))
@@ -304,7 +293,9 @@ class Trainer:
         self._check_weights(f"snapshot {step}")
         if self.world.is_main:
             self._tick()
-            self.checkpoint(full=False).save(self.out / SNAPSHOTS / f"step-{step:07d}.pt")
+            ck = self.checkpoint(full=False)
+            ck.metrics, ck.best, ck.solved_at = {}, {}, None  # not evaluated: the run's best so far is not its own
+            ck.save(snapshot_path(self.out, step))
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
