@@ -242,10 +242,10 @@ def average_cmd(sources, out, from_step, to_step, data_dir, device, threads, as_
     SOURCE: a run directory (its snapshots/, kept by `train --snapshot-every N`, within --from-step/--to-step)
     or checkpoint files. The mean is scored on the validation and test splits exactly as training scores a
     checkpoint, and written to --out, which `eval` and `export` take like any best.pt.
-    Snapshots taken at a small constant learning rate (after the last LR drop) average well.
+    Snapshots taken at a small constant learning rate (after an LR drop) average well.
     \b
-    wavexport train psmnist --out RUN --resume --epochs 16 --snapshot-every 25
-    wavexport average RUN --from-step 5200 --out RUN/average.pt
+    wavexport train psmnist --out RUN --lr-milestones 10 --epochs 14 --snapshot-every 25
+    wavexport average RUN --from-step 4460 --out RUN/average.pt   # the snapshots at lr 1e-4
     """
     from tqdm import tqdm
 
