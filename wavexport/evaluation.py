@@ -151,26 +151,36 @@ def evaluate_checkpoint(ckpt, split: str = "test", data_dir=None, limit: int | N
     """A checkpoint's task metric on ``split``, with the data, permutation and held-out draws training used."""
     if split not in HELD_OUT_SEEDS:
         raise TrainingError(f"unknown split {split!r} (test or valid)")
+    score, _, _ = _checkpoint_scorer(ckpt, data_dir, limit, device)
+    return score(split, progress)
+
+
+def _checkpoint_scorer(ckpt, data_dir, limit: int | None, device: str):
+    """(``score(split, progress)``, task, samples per split) for one checkpoint: its model built, and an image
+    task's splits read, once."""
     model, task = ckpt.build()
     cfg = ckpt.train_config
     dev = resolve_device(device)
     model.to(dev)
     n = limit or default_eval_size(task, cfg)
-    stream = test_stream(task, cfg.seed, split, n=n, data_dir=resolve_data_dir(data_dir, cfg.data_dir)
-                         if task.kind == "dataset" else None, limit=limit)
-    return evaluate(model_predictor(model, task, dev), task, stream, progress)
+    splits = load_eval_splits(task, resolve_data_dir(data_dir, cfg.data_dir), cfg.seed, limit) \
+        if task.kind == "dataset" else None
+    predict = model_predictor(model, task, dev)
+
+    def score(split: str, progress: Callable[[int], None] | None = None) -> dict:
+        return evaluate(predict, task, test_stream(task, cfg.seed, split, n=n, splits=splits), progress)
+    return score, task, n
 
 
 def score_held_out(ckpt, data_dir=None, device: str = "auto", bar=None) -> dict:
     """``val_*`` and ``test_*`` metrics of a checkpoint made outside a run (an average), scored on the data training
     scores a checkpoint on; ``eval_limit`` too when the run evaluated only part of an image split (as training's
     metrics say). ``bar(split, total)``: a context manager giving a progress callback, or None."""
-    _, task = ckpt.build()
-    n = default_eval_size(task, ckpt.train_config)
+    score, task, n = _checkpoint_scorer(ckpt, data_dir, None, device)
     scores: dict = {}
     for split, prefix in (("valid", "val_"), ("test", "test_")):
         with (bar(split, n) if bar else contextlib.nullcontext(None)) as progress:
-            m = evaluate_checkpoint(ckpt, split, data_dir, device=device, progress=progress)
+            m = score(split, progress)
         scores.update({prefix + k: v for k, v in m.items() if k != "n"})
     if ckpt.train_config.eval_limit and task.kind == "dataset":
         scores["eval_limit"] = ckpt.train_config.eval_limit

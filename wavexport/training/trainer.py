@@ -293,9 +293,9 @@ class Trainer:
         self._check_weights(f"snapshot {step}")
         if self.world.is_main:
             self._tick()
-            ck = self.checkpoint(full=False)
-            ck.metrics, ck.best, ck.solved_at = {}, {}, None  # not evaluated: the run's best so far is not its own
-            ck.save(snapshot_path(self.out, step))
+            # the weights and where they are, no metrics: a snapshot is not evaluated (the run's best is not its own)
+            Checkpoint.of(self.model, self.model_config, self.task, self.cfg, progress=dict(self.progress)).save(
+                snapshot_path(self.out, step))
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
