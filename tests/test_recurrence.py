@@ -81,6 +81,11 @@ WAVE_CASES = [
     pytest.param(dict(rec_init="random", kernel=1), True, id="k1"),
     pytest.param(dict(rec_init="random", activation="tanh"), False, id="tanh"),
     pytest.param(dict(rec_init="random", activation="identity", enc_init="normal"), False, id="identity-act"),
+    # 19 channels: the recurrent kernel's gradient in two column blocks (recurrence._dw_blocks)
+    pytest.param(dict(rec_init="random", channels=19, ring=5), True, id="c19-blocks"),
+    # one and two inputs: the encoder as broadcast multiply-adds (three or more: a batched product)
+    pytest.param(dict(rec_init="random", n_in=1), True, id="one-input"),
+    pytest.param(dict(rec_init="shift", n_in=2), False, id="two-inputs"),
 ]
 
 
@@ -91,7 +96,7 @@ def test_wave_gradients_equal_the_plain_loop_float64(kw, last_only):
         with torch.no_grad():
             m.conv.weight.mul_(0.5)  # linear dynamics: keep them contracting
     g = torch.Generator().manual_seed(1)
-    xs = torch.randn(3, 300, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    xs = torch.randn(3, 300, kw.get("n_in", 3), generator=g, dtype=torch.float64, requires_grad=True)
     h0 = torch.rand(3, m.channels, m.ring, generator=g, dtype=torch.float64, requires_grad=True)
     fast, plain = both(m, xs, h0, last_only=last_only)
     errs = rel_errors(fast, plain)
@@ -131,6 +136,13 @@ def test_float32_agrees_within_1e_5(arch):
     fast, plain = both(m, xs, last_only=False)
     errs = rel_errors(fast, plain)
     assert max(errs.values()) < 1e-5, errs
+
+
+def test_weight_gradient_column_blocks():
+    assert recurrence._dw_blocks(27) == [(0, 24), (24, 27)]
+    assert recurrence._dw_blocks(19) == [(0, 16), (16, 19)]
+    for c in (6, 13, 16, 24, 32):
+        assert recurrence._dw_blocks(c) == [(0, c)]
 
 
 def test_single_sample_single_step():

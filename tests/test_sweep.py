@@ -239,9 +239,10 @@ def test_two_workers_run_every_trial_once_even_when_one_is_killed_mid_trial(tmp_
     args = [sys.executable, "-m", "wavexport", "sweep", "copy", "--grid", "lr=1e-2,1e-3", "--preset", "quick",
             "--seq", "5", "--channels", "2", "--ring", "8", "--batch-size", "16", "--eval-batch", "32",
             "--steps", str(steps), "--eval-every", "50", "--checkpoint-every", str(every), "--device", "cpu",
-            "--out", str(out), "--jobs", "2", "--heartbeat", "4", "--no-plot"]
-    # A 4 s heartbeat (stale after 12 s): with 1 s (stale after 3) a worker busy on a loaded 2-core machine missed
-    # 3 s of heartbeats in 3 of 8 runs (2026-11-26), and the other worker failed its trial while it still ran.
+            "--out", str(out), "--jobs", "2", "--heartbeat", "8", "--no-plot"]
+    # An 8 s heartbeat (stale after 24 s): with 1 s (stale after 3) a worker busy on a loaded 2-core machine missed
+    # 3 s of heartbeats in 3 of 8 runs (2026-11-26), and the other worker failed its trial while it still ran; with
+    # 4 s (stale after 12) it happened once in a full-suite run on a loaded machine (2026-11-26).
     leader = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     trainer, passed = None, set()
     try:
