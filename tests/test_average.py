@@ -1,4 +1,5 @@
 """``train --snapshot-every`` and ``wavexport average``: weight snapshots of a run, and their mean as a checkpoint."""
+import contextlib
 import json
 
 import pytest
@@ -126,3 +127,37 @@ def test_snapshots_after_the_checkpoint_a_run_resumes_from_are_dropped(tmp_path)
                                                                        "step-0000006.pt"]
     got = torch.load(dead / "snapshots" / "step-0000006.pt", weights_only=True)["model"]
     assert all(torch.equal(got[k], kept[k]) for k in kept)
+
+
+def test_eval_progress_bar_has_the_total_it_counts_up_to(run):
+    from wavexport.checkpoint import Checkpoint
+    from wavexport.evaluation import evaluate_checkpoint
+
+    seen = []
+
+    @contextlib.contextmanager
+    def bar(split, total):
+        counted = []
+        yield counted.append
+        seen.append((split, total, sum(counted)))
+    m = evaluate_checkpoint(Checkpoint.load(run), "valid", bar=bar)
+    assert seen == [("valid", 64, 64)] and m["n"] == 64  # the run's --eval-batch, counted to the end
+    m = evaluate_checkpoint(Checkpoint.load(run), "test", limit=40, bar=bar)
+    assert seen[1] == ("test", 40, 40) and m["n"] == 40
+
+
+def test_snapshot_every_that_keeps_nothing_is_refused(tmp_path, run):
+    out = tmp_path / "new"
+    assert_one_line_error(cli("train", *TINY_COPY, "--steps", "6", "--snapshot-every", "7", "--out", out),
+                          "--snapshot-every 7 keeps no snapshot: its next one would be at step 7, past the run's "
+                          "last step (6); give at most 6")
+    assert not out.exists()
+    before = sorted(p.name for p in run.rglob("*"))
+    # resumed at step 6 to step 9: every 4 keeps step 8
+    assert cli("train", *TINY_COPY, "--steps", "9", "--snapshot-every", "4", "--out", run, "--resume",
+               "-q").exit_code == 0
+    assert (run / "snapshots" / "step-0000008.pt").exists()
+    after = sorted(p.name for p in run.rglob("*"))
+    assert_one_line_error(cli("train", *TINY_COPY, "--steps", "14", "--snapshot-every", "20", "--out", run,
+                              "--resume"), "give at most 5")
+    assert sorted(p.name for p in run.rglob("*")) == after != before

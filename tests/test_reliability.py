@@ -506,7 +506,7 @@ def test_the_summary_says_not_solved_instead_of_none(tmp_path):
     assert fmt_metrics({"solved_at": 300}) == "solved at step 300"
     assert fmt_metrics({"loss": 5.87e-05, "acc": 1.0}) == "acc 1.0000, loss 5.87e-05"
     r = cli("train", "adding", "--preset", "quick", "--seq", "10", "--channels", "2", "--ring", "10", "--steps", "2",
-            "--eval-every", "2", "--eval-batch", "32", "--out", tmp_path / "a", "-q")
+            "--eval-every", "2", "--eval-batch", "100", "--out", tmp_path / "a", "-q")
     assert r.exit_code == 0 and "not solved" in r.output and "None" not in r.output, r.output
 
 
@@ -535,6 +535,7 @@ def test_a_size_too_large_to_allocate_is_counted_by_a_dry_run_and_refused_in_one
     (["psmnist", "--eval-every", "5"], "--eval-every does not apply to psmnist, an image task"),
     (["smnist", "--eval-batch", "5"], "--eval-batch does not apply to smnist, an image task"),
     (["copy", "--stop-when-solved"], "--stop-when-solved applies to adding only"),
+    (["adding", "--eval-batch", "99"], "--eval-batch 99 is too small for adding: its solved verdict"),
     (["copy", "--arch", "wrnn-mlp", "--readout", "linear"], "--arch wrnn-mlp has the mlp readout by definition"),
 ])
 def test_an_option_that_would_do_nothing_for_the_task_or_contradicts_the_arch_is_refused(args, needle, tmp_path):
@@ -544,7 +545,7 @@ def test_an_option_that_would_do_nothing_for_the_task_or_contradicts_the_arch_is
 
 
 def test_options_that_apply_are_still_taken():
-    for args in (["adding", "--stop-when-solved", "--eval-batch", "64"], ["psmnist", "--epochs", "2", "--limit", "9"],
+    for args in (["adding", "--stop-when-solved", "--eval-batch", "100"], ["psmnist", "--epochs", "2", "--limit", "9"],
                  ["copy", "--arch", "wrnn-mlp", "--readout", "mlp"]):
         assert cli("train", *args, "--dry-run").exit_code == 0, args
 

@@ -231,6 +231,10 @@ def build_run(cfg: TrainConfig, task_args: dict | None = None, meta: bool = Fals
     allocate what a mistyped size asks for."""
     try:
         task = make_task(cfg.task, cfg.seq, cfg.seed, **(task_args or {}))
+        least = getattr(task, "solved_min_samples", 0)
+        if task.kind == "synthetic" and cfg.eval_batch < least:
+            raise TrainingError(f"--eval-batch {cfg.eval_batch} is too small for {cfg.task}: its solved verdict "
+                                f"(held-out MSE <= {task.solved_threshold}) needs at least {least} sequences")
         model_config = resolve_config(cfg.arch, task.n_in, task.n_out, **cfg.model_overrides())
         with torch.device("meta") if meta else contextlib.nullcontext():
             model = build_model(model_config)

@@ -147,17 +147,19 @@ def default_eval_size(task: Task, train_config: TrainConfig | None = None) -> in
 
 
 def evaluate_checkpoint(ckpt, split: str = "test", data_dir=None, limit: int | None = None,
-                        device: str = "auto", progress: Callable[[int], None] | None = None) -> dict:
-    """A checkpoint's task metric on ``split``, with the data, permutation and held-out draws training used."""
+                        device: str = "auto", bar=None) -> dict:
+    """A checkpoint's task metric on ``split``, with the data, permutation and held-out draws training used.
+    ``bar(split, total)``: a context manager giving a progress callback, or None."""
     if split not in HELD_OUT_SEEDS:
         raise TrainingError(f"unknown split {split!r} (test or valid)")
-    score, _, _ = _checkpoint_scorer(ckpt, data_dir, limit, device)
-    return score(split, progress)
+    score, _, size = _checkpoint_scorer(ckpt, data_dir, limit, device)
+    with (bar(split, size(split)) if bar else contextlib.nullcontext(None)) as progress:
+        return score(split, progress)
 
 
 def _checkpoint_scorer(ckpt, data_dir, limit: int | None, device: str):
-    """(``score(split, progress)``, task, samples per split) for one checkpoint: its model built, and an image
-    task's splits read, once."""
+    """(``score(split, progress)``, task, ``size(split)``: how many samples it scores) for one checkpoint: its model
+    built, and an image task's splits read, once."""
     model, task = ckpt.build()
     cfg = ckpt.train_config
     dev = resolve_device(device)
@@ -169,17 +171,22 @@ def _checkpoint_scorer(ckpt, data_dir, limit: int | None, device: str):
 
     def score(split: str, progress: Callable[[int], None] | None = None) -> dict:
         return evaluate(predict, task, test_stream(task, cfg.seed, split, n=n, splits=splits), progress)
-    return score, task, n
+
+    def size(split: str) -> int:
+        if splits is None:
+            return n or DEFAULT_SYNTHETIC_N
+        return len(splits[split]) if n is None else min(n, len(splits[split]))
+    return score, task, size
 
 
 def score_held_out(ckpt, data_dir=None, device: str = "auto", bar=None) -> dict:
     """``val_*`` and ``test_*`` metrics of a checkpoint made outside a run (an average), scored on the data training
     scores a checkpoint on; ``eval_limit`` too when the run evaluated only part of an image split (as training's
     metrics say). ``bar(split, total)``: a context manager giving a progress callback, or None."""
-    score, task, n = _checkpoint_scorer(ckpt, data_dir, None, device)
+    score, task, size = _checkpoint_scorer(ckpt, data_dir, None, device)
     scores: dict = {}
     for split, prefix in (("valid", "val_"), ("test", "test_")):
-        with (bar(split, n) if bar else contextlib.nullcontext(None)) as progress:
+        with (bar(split, size(split)) if bar else contextlib.nullcontext(None)) as progress:
             m = score(split, progress)
         scores.update({prefix + k: v for k, v in m.items() if k != "n"})
     if ckpt.train_config.eval_limit and task.kind == "dataset":

@@ -217,8 +217,13 @@ def eval_cmd(checkpoint, split, data_dir, limit, device, threads, as_json):
                        f"{os.path.basename(ckpt.path)}, step {ckpt.progress.get('step', '?')}", err=True)
         set_torch_threads(threads, ckpt.model_config, EVAL_BATCH)
         name = f"{ckpt.task_name}/{ckpt.arch}"
-        with tqdm(desc="eval", unit="seq", disable=as_json, leave=False) as bar:
-            metrics = evaluate_checkpoint(ckpt, split, data_dir, limit, device, progress=bar.update)
+
+        @contextlib.contextmanager
+        def bar(split, total):
+            with tqdm(total=total, desc=f"eval {split}", unit="seq", disable=as_json, leave=False) as b:
+                yield b.update
+
+        metrics = evaluate_checkpoint(ckpt, split, data_dir, limit, device, bar)
     if as_json:
         click.echo(json.dumps(metrics))
     else:

@@ -201,6 +201,8 @@ class Trainer:
                 tr = self.splits["train"]
                 self.splits["train"] = Split(tr.x[:cfg.limit], tr.y[:cfg.limit])
             self.splits = {k: Split(v.x.to(self.device), v.y.to(self.device)) for k, v in self.splits.items()}
+        if cfg.snapshot_every:
+            self._check_snapshots(int(resumed.progress.get("step", 0)) if resumed else 0)
         if resumed:
             self._check_budget(resumed)  # these two checks come before _restore touches the run directory
             moved = self._moved_milestones(resumed)
@@ -259,6 +261,14 @@ class Trainer:
             unit = "--epochs/--steps" if self.is_dataset else "--steps"
             raise TrainingError(f"--resume: the run is at step {done}, past the budget asked for (step {total}); "
                                 f"give a larger {unit}, or leave it out")
+
+    def _check_snapshots(self, done: int) -> None:
+        """A --snapshot-every that would keep no snapshot before the budget ends is a mistake, not a quiet no-op."""
+        every, total = self.cfg.snapshot_every, self.total_steps()
+        first = (done // every + 1) * every
+        if first > total:
+            raise TrainingError(f"--snapshot-every {every} keeps no snapshot: its next one would be at step {first}, "
+                                f"past the run's last step ({total}); give at most {total - done}")
 
     def _moved_milestones(self, ck: Checkpoint) -> list[int] | None:
         """The LR milestones a resumed run moves to, or None if they stay: a run may move the drops it has not
