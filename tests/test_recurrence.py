@@ -152,6 +152,17 @@ def test_single_sample_single_step():
         assert max(rel_errors(fast, plain).values()) < 1e-12
 
 
+def test_an_empty_batch_gives_what_the_plain_loop_gives():
+    """A rank's share of a last batch smaller than the world can be empty (test_distributed)."""
+    for m in (wave(), wave(channels=19, ring=5, n_in=2), irnn()):
+        n_in = m.encoder.in_features if hasattr(m, "encoder") else 3
+        xs = torch.randn(0, 12, n_in, dtype=torch.float64, requires_grad=True)
+        fast, plain = both(m, xs, last_only=True)
+        assert fast.keys() == plain.keys()
+        for k in fast:
+            assert fast[k].shape == plain[k].shape and torch.equal(fast[k], plain[k]), k
+
+
 def test_deterministic_bit_for_bit():
     m = wave(channels=8, ring=20, dtype=torch.float32)
     xs = torch.randn(4, 60, 3)

@@ -177,7 +177,7 @@ class _WaveSequence(torch.autograd.Function):
         N = h0.shape[-1]
         p = k // 2
         R = N + 2 * p
-        S, L = B * R, B * R - 2 * p
+        S, L = B * R, max(B * R - 2 * p, 0)  # an empty batch (a rank's share of a short last batch): no columns
         slots = T + 1 if store else 2
         Hs = _saved_buffer((slots, C, B, R), xs) if store else xs.new_empty(slots, C, B, R)
         Hs[0, :, :, p:p + N] = h0.transpose(0, 1)
@@ -234,7 +234,7 @@ class _WaveSequence(torch.autograd.Function):
         p = k // 2
         N = R - 2 * p
         S = B * R
-        L = S - 2 * p
+        L = max(S - 2 * p, 0)
         need_x, need_h0 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if g_all is not None and g_all.numel() == 0:
             g_all = None
@@ -438,7 +438,7 @@ class _IRNNSequence(torch.autograd.Function):
         d_w_hh = Gf.t() @ Hs[:T].view(T * B, H)
         d_w_ih = (xT.t() @ Gf).t()  # not Gf.t() @ xT: MKL is 2-35x slower with the n_in-wide output last
         db = Gf.sum(0)
-        grad_x = (Gf @ w_ih).view(T, B, -1).transpose(0, 1) if need_x else None
+        grad_x = (Gf @ w_ih).view(T, B, w_ih.shape[1]).transpose(0, 1) if need_x else None
         return grad_x, (d if need_h0 else None), d_w_ih, db, db.clone(), d_w_hh, None
 
 
