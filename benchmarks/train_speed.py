@@ -1,7 +1,7 @@
 """Training speed of the paper's models: the plain per-step loop against the fast recurrence, side by side.
 
     python benchmarks/train_speed.py [--presets NAME,...] [--reps 3] [--threads 1] [--devices cpu,cuda]
-                                     [--memory/--no-memory] [--json] [--profile TOP]
+                                     [--memory/--no-memory] [--json] [--profile TOP] [--against REV]
 
 One training iteration = forward + backward + Adam step at batch 128 on random inputs of the task's shape (the speed
 does not depend on the values). For every preset and device the two implementations alternate in one process
@@ -15,6 +15,10 @@ peak are both per CPU-second; on CUDA, per wall second.
 ``--memory`` (default on) also runs one psMNIST wRNN iteration of each implementation in its own subprocess and
 reports the process's peak resident set size (VmHWM, Linux) and its growth over the resident size just before the
 iteration: the memory the iteration itself needed.
+
+``--against REV`` adds a third implementation alternating with the two: the fast recurrence of git revision REV
+(its ``wavexport/models/recurrence.py``, loaded beside the current one), to measure a change to the fast path side by
+side ("rev/new" is the speed-up of the working tree over REV).
 """
 from __future__ import annotations
 
@@ -119,12 +123,47 @@ def make_iteration(name: str, device: torch.device, seed: int = 0):
     return model, step
 
 
+_AGAINST: dict = {}  # "rev": a context manager running REV's fast recurrence (set by --against)
+
+
 def modes_for(device: torch.device) -> dict:
     """old: the plain per-step loop; new: what ``model(xs)`` runs (the fast recurrence; on CUDA the Wave-RNN's Triton
-    kernels and cuDNN for the iRNN, see ``recurrence.wave_fast``)."""
+    kernels and cuDNN for the iRNN, see ``recurrence.wave_fast``); rev: REV's fast recurrence (``--against``)."""
     from wavexport.models.recurrence import plain_recurrence
 
-    return {"old": plain_recurrence, "new": contextlib.nullcontext}
+    return {"old": plain_recurrence, "new": contextlib.nullcontext, **_AGAINST}
+
+
+def recurrence_at(rev: str):
+    """A context manager under which models run git revision ``rev``'s fast recurrence: its recurrence.py loaded as
+    a module of wavexport.models (its relative imports resolve there), its two sequence functions swapped in."""
+    import importlib.util
+    import tempfile
+
+    from wavexport.models import recurrence
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:wavexport/models/recurrence.py"], cwd=root, check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"error: --against {rev}: {getattr(e, 'stderr', '') or e}".strip())
+    path = os.path.join(tempfile.mkdtemp(prefix="recurrence-"), "recurrence_rev.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("wavexport.models._recurrence_rev", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    @contextlib.contextmanager
+    def run_rev():
+        saved = recurrence.wave_sequence, recurrence.irnn_sequence
+        recurrence.wave_sequence, recurrence.irnn_sequence = module.wave_sequence, module.irnn_sequence
+        try:
+            yield
+        finally:
+            recurrence.wave_sequence, recurrence.irnn_sequence = saved
+    return run_rev
 
 
 def time_preset(name: str, device: torch.device, reps: int) -> dict:
@@ -157,6 +196,8 @@ def time_preset(name: str, device: torch.device, reps: int) -> dict:
             out[mode]["peak_mb"] = peak_mb[mode]
     out["ratio_wall"] = out["old"]["wall_s"] / out["new"]["wall_s"]
     out["ratio_cpu"] = out["old"]["cpu_s"] / out["new"]["cpu_s"]
+    if "rev" in out:
+        out["ratio_rev_cpu"] = out["rev"]["cpu_s"] / out["new"]["cpu_s"]
     if name.startswith(("psmnist", "smnist")):  # the paper's epoch: 57,000 training images at batch 128
         out["epoch_s"] = {mode: math.ceil(57000 / BATCH) * out[mode]["wall_s"] for mode in modes}
     return out
@@ -242,8 +283,12 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", type=int, default=0, metavar="TOP",
                     help="also profile one iteration of the new implementation per preset: its TOP costliest "
                          "operators, to stderr and into each result's 'profile' in the JSON")
+    ap.add_argument("--against", metavar="REV", help="also time git revision REV's fast recurrence, side by side")
     ap.add_argument("--memory-child", choices=["old", "new"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    _AGAINST.clear()
+    if args.against:
+        _AGAINST["rev"] = recurrence_at(args.against)
     torch.set_num_threads(args.threads)
     presets = [p for p in args.presets.split(",") if p]
     unknown = [p for p in presets if p not in PRESETS]
@@ -254,6 +299,8 @@ def main(argv=None) -> int:
         return 0
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {"machine": machine(), "threads": args.threads, "batch": BATCH, "peak_gflops": {}, "results": []}
+    if args.against:
+        report["against"] = args.against
     for dev in map(torch.device, devices):
         peak = gemm_peak(dev)
         results = []
@@ -292,6 +339,13 @@ def table(report: dict) -> str:
                      f"{n['wall_s']:.4f} ({n['cpu_s']:.3f}) | {r['ratio_wall']:.2f}x | {r['ratio_cpu']:.2f}x | "
                      f"{o['gflops']:.1f} -> {n['gflops']:.1f} | "
                      f"{100 * o['fraction_of_peak']:.0f}% -> {100 * n['fraction_of_peak']:.0f}% |")
+    revs = [r for r in report["results"] if "rev" in r]
+    if revs:
+        lines += ["", f"| preset | device | {report['against']} s/it (cpu) | new s/it (cpu) | rev/new cpu |",
+                  "|---|---|---|---|---|"]
+        for r in revs:
+            lines.append(f"| {r['preset']} | {r['device']} | {r['rev']['wall_s']:.4f} ({r['rev']['cpu_s']:.3f}) | "
+                         f"{r['new']['wall_s']:.4f} ({r['new']['cpu_s']:.3f}) | {r['ratio_rev_cpu']:.2f}x |")
     cuda = [r for r in report["results"] if r["device"] == "cuda"]
     if cuda:
         lines += ["", "| preset (CUDA) | peak GPU memory old -> new (MB) | paper epoch old -> new (s) |", "|---|---|---|"]

@@ -451,6 +451,34 @@ def test_train_speed_benchmark_runs(capsys):
     assert torch.get_num_threads() == 1
 
 
+def test_train_speed_against_a_git_revision(capsys):
+    """--against REV times REV's fast recurrence beside the working tree's, swapped in and restored."""
+    import importlib.util
+    import json
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    spec = importlib.util.spec_from_file_location("train_speed", root / "benchmarks" / "train_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    original = recurrence.wave_sequence
+    with bench.recurrence_at("HEAD")():
+        swapped = recurrence.wave_sequence
+    assert swapped is not original and swapped.__module__ == "wavexport.models._recurrence_rev"
+    assert recurrence.wave_sequence is original
+    assert bench.main(["--presets", "copy80-wrnn", "--reps", "1", "--devices", "cpu", "--json", "--no-memory",
+                       "--against", "HEAD"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (r,) = report["results"]
+    assert r["rev"]["cpu_s"] > 0 and r["ratio_rev_cpu"] > 0 and report["against"] == "HEAD"
+    assert "| HEAD s/it (cpu) |" in bench.table(report)
+    with pytest.raises(SystemExit, match="--against no-such-rev"):
+        bench.main(["--presets", "copy80-wrnn", "--against", "no-such-rev"])
+
+
 def test_thread_scaling_benchmark_runs(capsys):
     """benchmarks/thread_scaling.py end to end on the cheapest preset; both thread counts timed, the ratio theirs."""
     import importlib.util
