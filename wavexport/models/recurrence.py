@@ -12,13 +12,14 @@ The Wave-RNN's ring convolution as GEMMs: the state is kept channel-major with t
 block: measured 1-3% faster than ``[C, T+1, B, N+2p]``, whose rows of one step lie a whole sequence apart).
 Flattened per channel to ``[C, B*(N+2p)]``, tap j of the convolution is one ``[C, C] @ [C, L]`` product whose right
 operand is the flat state shifted by j columns, a plain strided matrix: the 2p columns that straddle two batch rows
-compute garbage that lands on padding, rewritten after each step. The transposed convolution of the backward is the same three products on the
-gradient (kept zero on its padding), its padding folded back onto the units it copies. Measured on this project's
-2-core AMD EPYC (one thread): these products run at ~2x the oneDNN conv1d of the plain loop; one [3C, C] product
-with shifted sums, an im2col copy with one K=3C product, or a batched product over ring positions were all slower.
-The step's encoded input (plus both biases) is written into its state slot first and the taps' products accumulate
-onto it, so no separate add pass reads a transposed encoder output (psMNIST 1.1x, adding 1.28x with the split below).
-The per-step views of the saved sequence are made once per call (``unbind``), not in the loop.
+compute garbage that lands on padding, rewritten after each step. The transposed convolution of the backward is the
+same three products on the gradient (kept zero on its padding), its padding folded back onto the units it copies.
+Measured on this project's 2-core AMD EPYC (one thread): these products run at ~2x the oneDNN conv1d of the plain
+loop; one [3C, C] product with shifted sums, an im2col copy with one K=3C product, or a batched product over ring
+positions were all slower. The step's encoded input (plus both biases) is written into its state slot first and the
+taps' products accumulate onto it, so no separate add pass reads a transposed encoder output (with the split below:
+psMNIST 1.15x, adding 1.12-1.21x, side by side in benchmarks/train_speed.py --against). The per-step views of the
+saved sequence are made once per call (``unbind``), not in the loop.
 
 Gradients of the recurrent kernel, the biases and the encoder are accumulated per step from the step's gradient,
 which is still in cache (in two column blocks for a ragged channel count: ``_dw_blocks``), rather than stored for
