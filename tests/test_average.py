@@ -161,3 +161,11 @@ def test_snapshot_every_that_keeps_nothing_is_refused(tmp_path, run):
     assert_one_line_error(cli("train", *TINY_COPY, "--steps", "14", "--snapshot-every", "20", "--out", run,
                               "--resume"), "give at most 5")
     assert sorted(p.name for p in run.rglob("*")) == after != before
+    # the saved --snapshot-every is never held against a resume: the run at step 9 (every 4) goes on to step 11,
+    # keeping no snapshot, and then resumes as done
+    for steps in ("11", "11"):
+        r = cli("train", *TINY_COPY, "--steps", steps, "--out", run, "--resume", "-q")
+        assert r.exit_code == 0, r.output
+    # a budget behind the run: the budget's own message, not the snapshots'
+    assert_one_line_error(cli("train", *TINY_COPY, "--steps", "5", "--snapshot-every", "20", "--out", run,
+                              "--resume"), "past the budget asked for")

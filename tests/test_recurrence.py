@@ -163,6 +163,16 @@ def test_an_empty_batch_gives_what_the_plain_loop_gives():
             assert fast[k].shape == plain[k].shape and torch.equal(fast[k], plain[k]), k
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_no_inputs_gives_what_the_plain_loop_gives():
+    m = wave(n_in=0)
+    xs = torch.randn(3, 20, 0, dtype=torch.float64)
+    fast, plain = both(m, xs, last_only=False)
+    assert fast.keys() == plain.keys() and fast["encoder.weight"].numel() == 0
+    for k in fast:
+        assert torch.allclose(fast[k], plain[k], rtol=1e-12, atol=1e-12), k
+
+
 def test_deterministic_bit_for_bit():
     m = wave(channels=8, ring=20, dtype=torch.float32)
     xs = torch.randn(4, 60, 3)

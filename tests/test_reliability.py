@@ -544,6 +544,20 @@ def test_an_option_that_would_do_nothing_for_the_task_or_contradicts_the_arch_is
     assert not (tmp_path / "r").exists()
 
 
+def test_an_adding_run_saved_with_a_small_eval_batch_still_resumes(tmp_path):
+    """The minimum of 100 held-out sequences applies to new runs; one saved before it resumes as it was."""
+    run = tmp_path / "a"
+    args = ["adding", "--preset", "quick", "--seq", "10", "--channels", "2", "--ring", "10", "--eval-every", "2",
+            "--out", run, "-q"]
+    assert cli("train", *args, "--steps", "2", "--eval-batch", "100").exit_code == 0
+    ck = Checkpoint.load(run / "checkpoint.pt")
+    ck.train_config.eval_batch = 64  # as such a run was saved before the minimum
+    ck.save(run / "checkpoint.pt")
+    r = cli("train", *args, "--steps", "4", "--resume")
+    assert r.exit_code == 0, r.output
+    assert Checkpoint.load(run / "checkpoint.pt").progress["step"] == 4
+
+
 def test_options_that_apply_are_still_taken():
     for args in (["adding", "--stop-when-solved", "--eval-batch", "100"], ["psmnist", "--epochs", "2", "--limit", "9"],
                  ["copy", "--arch", "wrnn-mlp", "--readout", "mlp"]):

@@ -226,13 +226,14 @@ class Run:
 
 def build_run(cfg: TrainConfig, task_args: dict | None = None, meta: bool = False) -> Run:
     """config -> task -> model. ``task_args`` (a saved task's ``args()``, e.g. the psMNIST permutation) wins over
-    the config's seed, so a resumed run rebuilds exactly its task. Bad combinations raise :class:`TrainingError`.
+    the config's seed, so a resumed run rebuilds exactly its task. Bad combinations raise :class:`TrainingError`
+    (a new run's held-out batch too small for its task's solved verdict too; a saved run resumes as it was).
     ``meta``: the model's tensors have shapes but no storage, for checks and parameter counts that must not
     allocate what a mistyped size asks for."""
     try:
         task = make_task(cfg.task, cfg.seq, cfg.seed, **(task_args or {}))
         least = getattr(task, "solved_min_samples", 0)
-        if task.kind == "synthetic" and cfg.eval_batch < least:
+        if task_args is None and task.kind == "synthetic" and cfg.eval_batch < least:  # a new run (a saved one: as is)
             raise TrainingError(f"--eval-batch {cfg.eval_batch} is too small for {cfg.task}: its solved verdict "
                                 f"(held-out MSE <= {task.solved_threshold}) needs at least {least} sequences")
         model_config = resolve_config(cfg.arch, task.n_in, task.n_out, **cfg.model_overrides())

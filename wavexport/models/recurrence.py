@@ -193,7 +193,7 @@ class _WaveSequence(torch.autograd.Function):
         act = _act_forward(activation)
         # The encoder's product: K = n_in. One or two inputs (psMNIST, adding) as broadcast multiply-adds, measured
         # 1.4-2x faster than a batched product into the strided slot; more inputs as that product.
-        if n_in <= 2:
+        if n_in in (1, 2):
             xe = xs.permute(1, 2, 0)[:, :, None, :, None].unbind(0)  # per step [n_in, 1, B, 1]
             ve = venc.unsqueeze(2).unbind(1)  # [C, 1, R] per input
         else:
@@ -206,7 +206,7 @@ class _WaveSequence(torch.autograd.Function):
         with _threads_for(2 * C * C * L):
             for t in range(T):
                 a, b = (t, t + 1) if store else (t % 2, (t + 1) % 2)
-                if n_in <= 2:
+                if n_in in (1, 2):
                     torch.addcmul(benc, xe[t][0], ve[0], out=cur[b])
                     if n_in == 2:
                         cur[b].addcmul_(xe[t][1], ve[1])

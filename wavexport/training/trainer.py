@@ -201,10 +201,15 @@ class Trainer:
                 tr = self.splits["train"]
                 self.splits["train"] = Split(tr.x[:cfg.limit], tr.y[:cfg.limit])
             self.splits = {k: Split(v.x.to(self.device), v.y.to(self.device)) for k, v in self.splits.items()}
-        if cfg.snapshot_every:
-            self._check_snapshots(int(resumed.progress.get("step", 0)) if resumed else 0)
         if resumed:
-            self._check_budget(resumed)  # these two checks come before _restore touches the run directory
+            self._check_budget(resumed)  # these checks come before _restore touches the run directory
+            # a --snapshot-every given now (not the saved one: a run stopped past its last snapshot resumes as is)
+            given = (resume_overrides or {}).get("snapshot_every")
+            if given and given != resumed.train_config.snapshot_every:
+                self._check_snapshots(int(resumed.progress.get("step", 0)))
+        elif cfg.snapshot_every:
+            self._check_snapshots(0)
+        if resumed:
             moved = self._moved_milestones(resumed)
             self._restore(resumed)
             if moved is not None:
@@ -263,10 +268,11 @@ class Trainer:
                                 f"give a larger {unit}, or leave it out")
 
     def _check_snapshots(self, done: int) -> None:
-        """A --snapshot-every that would keep no snapshot before the budget ends is a mistake, not a quiet no-op."""
+        """A --snapshot-every that would keep no snapshot before the budget ends is a mistake, not a quiet no-op (a run
+        with no step left to train keeps none anyway)."""
         every, total = self.cfg.snapshot_every, self.total_steps()
         first = (done // every + 1) * every
-        if first > total:
+        if done < total < first:
             raise TrainingError(f"--snapshot-every {every} keeps no snapshot: its next one would be at step {first}, "
                                 f"past the run's last step ({total}); give at most {total - done}")
 
