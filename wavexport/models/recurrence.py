@@ -199,10 +199,9 @@ class _WaveSequence(torch.autograd.Function):
         else:
             xe = xs.transpose(0, 1).unsqueeze(1).expand(T, C, B, n_in).unbind(0)
         cur = Hs.unbind(0)  # slot views [C, B, R]
-        # Per slot, the flat state [C, S] read by tap j (shifted by j columns) and the columns a step writes, which
-        # straddle batch rows: the products' garbage lands on padding, rewritten by _wrap.
-        reads = [Hs.as_strided((slots, C, L), (C * S, S, 1), Hs.storage_offset() + j).unbind(0) for j in range(k)]
-        writes = Hs.as_strided((slots, C, L), (C * S, S, 1), Hs.storage_offset() + p).unbind(0)
+        # Per slot, the flat state [C, S] shifted by j columns: what tap j reads, and (j = p) the columns a step
+        # writes, which straddle batch rows: the products' garbage lands on padding, rewritten by _wrap.
+        shifted = [Hs.as_strided((slots, C, L), (C * S, S, 1), Hs.storage_offset() + j).unbind(0) for j in range(k)]
         with _threads_for(2 * C * C * L):
             for t in range(T):
                 a, b = (t, t + 1) if store else (t % 2, (t + 1) % 2)
@@ -212,9 +211,9 @@ class _WaveSequence(torch.autograd.Function):
                         cur[b].addcmul_(xe[t][1], ve[1])
                 else:
                     torch.baddbmm(benc, xe[t], venc, out=cur[b])
-                out = writes[b]
+                out = shifted[p][b]
                 for j in range(k):
-                    out.addmm_(taps[j], reads[j][a])
+                    out.addmm_(taps[j], shifted[j][a])
                 if act is not None:
                     act(cur[b])
                 _wrap(cur[b], N, p)

@@ -201,15 +201,14 @@ class Trainer:
                 tr = self.splits["train"]
                 self.splits["train"] = Split(tr.x[:cfg.limit], tr.y[:cfg.limit])
             self.splits = {k: Split(v.x.to(self.device), v.y.to(self.device)) for k, v in self.splits.items()}
+        if not resumed and cfg.snapshot_every:
+            self._check_snapshots(0)
         if resumed:
             self._check_budget(resumed)  # these checks come before _restore touches the run directory
             # a --snapshot-every given now (not the saved one: a run stopped past its last snapshot resumes as is)
             given = (resume_overrides or {}).get("snapshot_every")
             if given and given != resumed.train_config.snapshot_every:
                 self._check_snapshots(int(resumed.progress.get("step", 0)))
-        elif cfg.snapshot_every:
-            self._check_snapshots(0)
-        if resumed:
             moved = self._moved_milestones(resumed)
             self._restore(resumed)
             if moved is not None:
